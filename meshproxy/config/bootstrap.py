@@ -1,0 +1,68 @@
+"""The bootstrap file read by ``meshproxy run --config FILE`` (DESIGN section 3)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from meshproxy.config.snapshot import Model, Snapshot
+from meshproxy.config.types import Duration, HostPort
+
+
+class Node(Model):
+    id: str
+    service: str
+    zone: str | None = None
+    upstreams: list[str] | None = None
+
+
+class Admin(Model):
+    address: str = "127.0.0.1"
+    port: int = Field(default=15000, ge=0, le=65535)
+
+
+class Timeouts(Model):
+    connect: Duration = 1.0  # opening a connection to an upstream endpoint
+    request: Duration = 15.0  # waiting for an upstream response head
+    idle: Duration = 60.0  # a downstream connection with no request in progress
+    request_head: Duration = 10.0  # receiving a complete request head
+    upstream_idle: Duration = 50.0  # an idle pooled upstream connection
+
+
+class Listener(Model):
+    name: str
+    protocol: Literal["http", "tcp"] = "http"
+    direction: Literal["outbound", "inbound"] = "outbound"
+    address: str = "127.0.0.1"
+    port: int = Field(ge=0, le=65535)
+    local_app: HostPort | None = None
+    service: str | None = None
+    timeouts: Timeouts = Timeouts()
+
+    @model_validator(mode="after")
+    def _needs(self) -> Listener:
+        if self.protocol == "tcp" and not self.service:
+            raise ValueError("a tcp listener needs 'service'")
+        if self.protocol == "http" and self.direction == "inbound" and not self.local_app:
+            raise ValueError("an inbound listener needs 'local_app'")
+        return self
+
+
+class Limits(Model):
+    max_head_size: int = Field(default=61440, ge=1024)
+    max_headers: int = Field(default=100, ge=1)
+
+
+class ControlPlane(Model):
+    url: str
+
+
+class Bootstrap(Model):
+    node: Node
+    admin: Admin = Admin()
+    listeners: list[Listener] = []
+    control_plane: ControlPlane | None = None
+    limits: Limits = Limits()
+    drain_timeout: Duration = 30.0
+    snapshot: Snapshot = Snapshot()
