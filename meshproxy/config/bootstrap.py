@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from meshproxy.config.snapshot import Model, Snapshot
+from meshproxy.config.base import Model
+from meshproxy.config.snapshot import Snapshot
 from meshproxy.config.types import Duration, HostPort
 
 
