@@ -1,0 +1,192 @@
+"""Config files of the benchmark's processes, rendered as text from ports and paths.
+
+Pure functions only: no files written, no processes started (``targets`` does
+that).  Every target is set up as BENCHMARKS.md asks: one worker or thread,
+keep-alive to the origin, no access log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+ORIGIN_BODY = "hello world\n"  # 12 bytes: small enough that the proxy is the bottleneck
+SERVICE = "origin"  # the service name the meshproxy targets route by (Host header)
+
+
+def nginx_origin_conf(prefix: str, ports: tuple[int, ...]) -> str:
+    """nginx answering ``hello world`` on each port; the ``X-Subset`` header (v1,
+    v2, ...) tells which port served, so a split can be observed."""
+    servers = "\n".join(
+        f"""    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        keepalive_requests 1000000;
+        location / {{
+            add_header X-Subset v{i} always;
+            return 200 "{ORIGIN_BODY.strip()}\\n";
+        }}
+    }}"""
+        for i, port in enumerate(ports, start=1)
+    )
+    return _nginx_main(prefix, "    default_type text/plain;\n" + servers)
+
+
+def nginx_proxy_conf(prefix: str, listen_port: int, origin_port: int) -> str:
+    http = f"""    upstream origin {{
+        server 127.0.0.1:{origin_port};
+        keepalive 32;
+    }}
+    server {{
+        listen 127.0.0.1:{listen_port} reuseport backlog=4096;
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}"""
+    return _nginx_main(prefix, http)
+
+
+def _nginx_main(prefix: str, http_body: str) -> str:
+    # Temp paths inside the prefix: the packaged defaults under /var/lib/nginx
+    # are not writable by every user who runs the benchmark.
+    return f"""worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+{http_body}
+}}
+"""
+
+
+def haproxy_conf(listen_port: int, origin_port: int) -> str:
+    return f"""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+    option http-keep-alive
+    http-reuse always
+
+frontend bench
+    bind 127.0.0.1:{listen_port}
+    default_backend origin
+
+backend origin
+    server origin 127.0.0.1:{origin_port}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyChain:
+    """The optional parts of the policy-chain target.  The 90/10 split is always
+    there; a rate limit that is never reached and an allow rule that admits every
+    GET are added when asked for."""
+
+    rate_limit: bool = True
+    authz: bool = True
+
+
+def meshproxy_bootstrap(
+    origin_ports: tuple[int, ...], chain: PolicyChain | None = None
+) -> dict[str, Any]:
+    """A sidecar with one outbound listener on an OS-chosen port.  Without
+    ``chain``: the default config, one endpoint and no route table.  With it: two
+    endpoints labelled v1/v2 (the first two origin ports) split 90/10."""
+    if chain is None:
+        service: dict[str, Any] = {"endpoints": [_endpoint(origin_ports[0], None)]}
+        snapshot: dict[str, Any] = {"services": {SERVICE: service}}
+    else:
+        v1, v2 = origin_ports[0], origin_ports[1]
+        snapshot = {
+            "services": {SERVICE: {"endpoints": [_endpoint(v1, "v1"), _endpoint(v2, "v2")]}},
+            "routes": [
+                {
+                    "service": SERVICE,
+                    "rules": [
+                        {
+                            "match": [{"path": {"prefix": "/"}}],
+                            "backends": [
+                                {"subset": "v1", "weight": 90},
+                                {"subset": "v2", "weight": 10},
+                            ],
+                        }
+                    ],
+                }
+            ],
+            "policies": [_policy(chain)],
+        }
+        if chain.authz:
+            snapshot["access"] = [
+                {"service": SERVICE, "action": "allow", "rules": [{"to": {"methods": ["GET"]}}]}
+            ]
+    return {
+        "node": {"id": "bench-1", "service": "bench-client"},
+        "admin": {"address": "127.0.0.1", "port": 0},
+        "listeners": [
+            {"name": "outbound", "direction": "outbound", "address": "127.0.0.1", "port": 0}
+        ],
+        "snapshot": snapshot,
+    }
+
+
+def _endpoint(port: int, version: str | None) -> dict[str, Any]:
+    endpoint: dict[str, Any] = {"address": "127.0.0.1", "port": port}
+    if version is not None:
+        endpoint["labels"] = {"version": version}
+    return endpoint
+
+
+def _policy(chain: PolicyChain) -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "service": SERVICE,
+        "subsets": {"v1": {"labels": {"version": "v1"}}, "v2": {"labels": {"version": "v2"}}},
+    }
+    if chain.rate_limit:
+        # Far above what one core can serve: the filter runs, the limit never bites.
+        policy["rate_limits"] = [
+            {"key": "client_address", "requests_per_second": 10_000_000, "burst": 10_000_000}
+        ]
+    return policy
+
+
+def rate_limit_probe_bootstrap(origin_ports: tuple[int, ...]) -> dict[str, Any]:
+    """The policy config with a limit of one request per second: a sidecar that
+    enforces rate limits answers 429 to the second of a quick burst."""
+    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=True, authz=False))
+    boot["snapshot"]["policies"][0]["rate_limits"] = [
+        {"key": "client_address", "requests_per_second": 1, "burst": 1}
+    ]
+    return boot
+
+
+def authz_probe_bootstrap(origin_ports: tuple[int, ...]) -> dict[str, Any]:
+    """The policy config with every GET denied: a sidecar that enforces access
+    policies answers 403."""
+    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=False, authz=True))
+    boot["snapshot"]["access"] = [
+        {"service": SERVICE, "action": "deny", "rules": [{"to": {"methods": ["GET"]}}]}
+    ]
+    return boot
+
+
+def to_yaml(bootstrap: dict[str, Any]) -> str:
+    return yaml.safe_dump(bootstrap, sort_keys=False)

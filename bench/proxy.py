@@ -1,0 +1,233 @@
+"""The proxy benchmark (``make bench``): every target under the same wrk load,
+interleaved round after round, reported as medians and ratios to HAProxy.
+
+This module is the sequence only: start the origin and the targets, warm each
+up, run the rounds (A, B, C, ... then again), print the table, write
+``bench/results/latest.json``, and stop every process it started, also on
+Ctrl-C or SIGTERM.  Configs, parsing and arithmetic live in ``configs``,
+``wrk`` and ``report``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bench import configs
+from bench.chain import Part, probe_chain
+from bench.procs import ProcessError, ProcessGroup, tree_rss_kib
+from bench.report import Sample, format_table, summarize
+from bench.targets import (
+    Run,
+    Target,
+    start_aiohttp,
+    start_direct,
+    start_haproxy,
+    start_meshproxy,
+    start_nginx,
+    start_origin,
+)
+from bench.wrk import WrkError, WrkResult, run_wrk, wrk_command
+
+TARGETS = ["direct", "haproxy", "nginx", "aiohttp", "meshproxy", "meshproxy-policy"]
+RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run (default 5)")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c (default 32)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load first")
+    parser.add_argument(
+        "--only", default="", help=f"comma-separated targets, from: {','.join(TARGETS)}"
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s")
+    parser.add_argument(
+        "--origin",
+        choices=["nginx", "uvloop"],
+        default="nginx" if shutil.which("nginx") or os.path.exists("/usr/sbin/nginx") else "uvloop",
+    )
+    parser.add_argument("--json", type=Path, default=RESULTS, help="where to write the results")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2
+    args.targets = [t for t in args.only.split(",") if t] or list(TARGETS)
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(unknown)}; known: {', '.join(TARGETS)}")
+    if args.rounds < 1 or args.duration < 1 or args.connections < 1:
+        parser.error("--rounds, --duration and --connections must be at least 1")
+    return args
+
+
+def _starters(run: Run, origin: Target) -> dict[str, Callable[[], Target]]:
+    def mesh(name: str, chain: configs.PolicyChain | None, note: str) -> Callable[[], Target]:
+        return lambda: start_meshproxy(
+            run, name, configs.meshproxy_bootstrap(run.origin_ports, chain), note
+        )[0]
+
+    return {
+        "direct": lambda: start_direct(run, origin),
+        "haproxy": lambda: start_haproxy(run),
+        "nginx": lambda: start_nginx(run),
+        "aiohttp": lambda: start_aiohttp(run),
+        "meshproxy": mesh("meshproxy", None, "default config"),
+        "meshproxy-policy": mesh(
+            "meshproxy-policy", configs.PolicyChain(), "rate limit + authz + 90/10 split"
+        ),
+    }
+
+
+def _load(target: Target, args: argparse.Namespace, seconds: int) -> WrkResult | str:
+    cmd = wrk_command(
+        target.url,
+        connections=args.connections,
+        duration_s=seconds,
+        headers={"Host": configs.SERVICE},
+    )
+    try:
+        return run_wrk(cmd, seconds)
+    except WrkError as exc:
+        return str(exc).splitlines()[0]
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dict[str, Any]:
+    origin, ports = start_origin(group, workdir, args.origin)
+    run = Run(group, workdir, ports)
+    starters = _starters(run, origin)
+    targets: list[Target] = []
+    unavailable: dict[str, str] = {}
+    chain: list[Part] = []
+    for name in args.targets:
+        try:
+            target = starters[name]()
+        except ProcessError as exc:
+            unavailable[name] = str(exc).strip().splitlines()[0]
+            print(f"  {name}: not measured: {unavailable[name]}", file=sys.stderr)
+            continue
+        if name == "meshproxy-policy":
+            chain = probe_chain(run, target.port)
+        targets.append(target)
+        print(f"  {name}: {target.url} ({target.note})", file=sys.stderr)
+    for part in chain:
+        print(f"  policy chain: {part.describe()}", file=sys.stderr)
+
+    if args.warmup:
+        for target in targets:
+            _load(target, args, args.warmup)
+    samples: list[Sample] = []
+    for rnd in range(1, args.rounds + 1):
+        for target in targets:
+            outcome = _load(target, args, args.duration)
+            rss = tree_rss_kib(target.pid)
+            if isinstance(outcome, str):
+                samples.append(Sample(target.name, rnd, None, rss, outcome))
+                line = f"wrk failed: {outcome}"
+            else:
+                samples.append(Sample(target.name, rnd, outcome, rss))
+                line = f"{outcome.requests_per_s:,.0f} req/s"
+                if outcome.has_errors:
+                    line += f" ({outcome.non_2xx} non-2xx, {outcome.socket_errors} socket errors)"
+            print(f"  round {rnd}/{args.rounds} {target.name}: {line}", file=sys.stderr)
+
+    rows = summarize(samples, [t.name for t in targets])
+    print()
+    print(format_table(rows))
+    for name, why in unavailable.items():
+        print(f"  {name}: not measured: {why}")
+    if chain:
+        print("meshproxy-policy chain: " + "; ".join(part.describe() for part in chain))
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "settings": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "connections": args.connections,
+            "threads": 1,
+            "origin": args.origin,
+            "fastpath": _fastpath(),
+        },
+        "targets": {t.name: {"url": t.url, "note": t.note} for t in targets},
+        "unavailable": unavailable,
+        "policy_chain": [
+            {"part": p.name, "active": p.active, "evidence": p.evidence} for p in chain
+        ],
+        "summary": [
+            {
+                "target": r.target,
+                "runs": r.runs,
+                "rps": r.rps,
+                "p50_ms": r.p50_ms,
+                "p99_ms": r.p99_ms,
+                "ratio_to_haproxy": r.ratio,
+                "rss_kib": r.rss_kib,
+                "flagged": r.flagged,
+            }
+            for r in rows
+        ],
+        "samples": [
+            {
+                "target": s.target,
+                "round": s.round,
+                "rss_kib": s.rss_kib,
+                "error": s.error,
+                **(s.result.as_dict() if s.result else {}),
+            }
+            for s in samples
+        ],
+    }
+
+
+def _fastpath() -> str:
+    try:
+        from meshproxy import fastpath
+    except ImportError:
+        return "unavailable"
+    return str(fastpath.IMPLEMENTATION)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed (Debian: apt-get install wrk)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    group = ProcessGroup()
+    print(
+        f"bench: {args.rounds} round(s) x {args.duration}s, wrk -t1 -c{args.connections}, "
+        f"origin {args.origin}, {os.cpu_count()} cpus",
+        file=sys.stderr,
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="meshproxy-bench-") as tmp:
+            try:
+                result = measure(args, Path(tmp), group)
+            finally:
+                group.stop_all()
+    except KeyboardInterrupt:
+        print("\ninterrupted; every process stopped", file=sys.stderr)
+        return 130
+    except ProcessError as exc:
+        print(f"bench: the origin did not start: {exc}", file=sys.stderr)
+        return 1
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.json}")
+    return 0

@@ -1,0 +1,116 @@
+"""From wrk runs to the figures we report: medians, ratios to HAProxy, the table.
+
+Pure: measurements in, numbers and text out.  The ratio of a target is taken
+per round (against HAProxy's run in that same round) and then the median of
+those ratios is reported, because an absolute figure drifts by 30% between
+runs on a shared machine while a side-by-side ratio does not (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+
+from bench.wrk import WrkResult
+
+REFERENCE = "haproxy"
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One wrk run of one target in one round; ``result`` is None when wrk failed."""
+
+    target: str
+    round: int
+    result: WrkResult | None
+    rss_kib: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    target: str
+    runs: int
+    rps: float | None
+    p50_ms: float | None
+    p99_ms: float | None
+    ratio: float | None  # median over rounds of rps / HAProxy's rps in the same round
+    rss_kib: int  # after the target's last run
+    flagged: list[str] = field(default_factory=list)
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def ratios_to_reference(
+    samples: list[Sample], target: str, reference: str = REFERENCE
+) -> list[float]:
+    """rps(target) / rps(reference) for every round in which both have a result."""
+    by_round: dict[tuple[str, int], float] = {
+        (s.target, s.round): s.result.requests_per_s for s in samples if s.result is not None
+    }
+    rounds = sorted({s.round for s in samples if s.target == target})
+    return [
+        by_round[(target, r)] / by_round[(reference, r)]
+        for r in rounds
+        if (target, r) in by_round and by_round.get((reference, r), 0.0) > 0.0
+    ]
+
+
+def summarize(samples: list[Sample], targets: list[str], reference: str = REFERENCE) -> list[Row]:
+    rows = []
+    for target in targets:
+        mine = [s for s in samples if s.target == target]
+        ok = [s.result for s in mine if s.result is not None]
+        flagged = [f"round {s.round}: {s.error}" for s in mine if s.result is None]
+        flagged += [
+            f"round {s.round}: {s.result.non_2xx} non-2xx, {s.result.socket_errors} socket errors"
+            for s in mine
+            if s.result is not None and s.result.has_errors
+        ]
+        last = max(mine, key=lambda s: s.round, default=None)
+        rows.append(
+            Row(
+                target=target,
+                runs=len(ok),
+                rps=median_or_none([r.requests_per_s for r in ok]),
+                p50_ms=median_or_none([r.p50_ms for r in ok]),
+                p99_ms=median_or_none([r.p99_ms for r in ok]),
+                ratio=median_or_none(ratios_to_reference(samples, target, reference)),
+                rss_kib=last.rss_kib if last is not None else 0,
+                flagged=flagged,
+            )
+        )
+    return rows
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[Row]) -> str:
+    header = ("target", "req/s", "p50 ms", "p99 ms", "x HAProxy", "RSS MiB", "errors")
+    lines = [
+        (
+            row.target,
+            _fmt(row.rps, ",.0f"),
+            _fmt(row.p50_ms, ".2f"),
+            _fmt(row.p99_ms, ".2f"),
+            _fmt(row.ratio, ".2f"),
+            _fmt(row.rss_kib / 1024 if row.rss_kib else None, ".1f"),
+            "FLAGGED" if row.flagged else "none",
+        )
+        for row in rows
+    ]
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    out = []
+    for n, cells in enumerate([header, *lines]):
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        out.append("  ".join([first, *rest]))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        out += [f"  {row.target}: {flag}" for flag in row.flagged]
+    return "\n".join(out)
