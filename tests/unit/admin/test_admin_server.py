@@ -1,0 +1,140 @@
+"""The admin server's routes, against a real aiohttp server on a loopback port."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from meshproxy.admin import REDACTED, AdminServer, redact, start_admin
+from meshproxy.observe.metrics import MULTIPROC_ENV, ProxyMetrics
+
+
+@dataclass
+class FakeProxy:
+    ready: bool = False
+    metrics: ProxyMetrics = field(default_factory=lambda: ProxyMetrics(services=["ratings"]))
+    config: dict[str, object] = field(default_factory=dict)
+
+    def config_dump(self) -> dict[str, object]:
+        return self.config
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> FakeProxy:
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    return FakeProxy()
+
+
+@pytest.fixture
+async def admin(proxy: FakeProxy) -> AsyncIterator[AdminServer]:
+    server = await start_admin(proxy, "127.0.0.1", 0)
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def get(server: AdminServer, path: str) -> tuple[int, str, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{server.port}{path}") as resp,
+    ):
+        return resp.status, resp.headers.get("Content-Type", ""), await resp.text()
+
+
+async def test_bound_port_is_reported_when_zero_was_asked(admin: AdminServer) -> None:
+    assert admin.port > 0
+
+
+async def test_ready_follows_the_proxy_state(admin: AdminServer, proxy: FakeProxy) -> None:
+    assert (await get(admin, "/ready"))[::2] == (503, "not ready\n")
+    proxy.ready = True
+    assert (await get(admin, "/ready"))[::2] == (200, "ready\n")
+    proxy.ready = False
+    assert (await get(admin, "/ready"))[0] == 503
+
+
+async def test_metrics_body_parses_and_shows_recorded_requests(
+    admin: AdminServer, proxy: FakeProxy
+) -> None:
+    proxy.metrics.request_done("outbound", "ratings", 200, 0.004)
+    proxy.metrics.request_done("outbound", "ratings", 200, 0.004)
+    status, content_type, body = await get(admin, "/metrics")
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    (sample,) = families["meshproxy_requests"].samples
+    assert sample.labels == {"listener": "outbound", "service": "ratings", "code": "200"}
+    assert sample.value == 2
+    assert families["meshproxy_request_duration_seconds"].type == "histogram"
+    assert "meshproxy_info" in families
+
+
+async def test_metrics_are_rendered_off_the_event_loop_thread(
+    admin: AdminServer, proxy: FakeProxy
+) -> None:
+    threads: list[int] = []
+    render = proxy.metrics.render
+
+    def spy() -> tuple[bytes, str]:
+        threads.append(threading.get_ident())
+        return render()
+
+    proxy.metrics.render = spy  # type: ignore[method-assign]
+    assert (await get(admin, "/metrics"))[0] == 200
+    assert threads and threads[0] != threading.get_ident()
+
+
+async def test_config_dump_is_pretty_json_without_secrets(
+    admin: AdminServer, proxy: FakeProxy
+) -> None:
+    proxy.config = {
+        "node": {"id": "reviews-1", "service": "reviews"},
+        "control_plane": {"url": "http://127.0.0.1:15010", "token": "s3cret"},
+        "tls": [{"cert": "/etc/mesh/cert.pem", "private_key": "-----BEGIN"}],
+        "api": {"password": SecretStr("hunter2"), "password_hint": "ask ops"},
+    }
+    status, content_type, body = await get(admin, "/config_dump")
+    assert status == 200
+    assert content_type.startswith("application/json")
+    assert body.startswith("{\n  ")
+    assert json.loads(body) == {
+        "node": {"id": "reviews-1", "service": "reviews"},
+        "control_plane": {"url": "http://127.0.0.1:15010", "token": REDACTED},
+        "tls": [{"cert": "/etc/mesh/cert.pem", "private_key": REDACTED}],
+        "api": {"password": REDACTED, "password_hint": "ask ops"},
+    }
+    assert "s3cret" not in body and "hunter2" not in body and "BEGIN" not in body
+
+
+def test_redact_hides_secret_values_under_any_key() -> None:
+    assert redact({"upstream": {"Authorization": "Bearer x", "k": SecretStr("y")}}) == {
+        "upstream": {"Authorization": REDACTED, "k": REDACTED}
+    }
+    assert redact(("a", 1, None)) == ["a", 1, None]
+
+
+async def test_index_lists_the_routes(admin: AdminServer) -> None:
+    status, _, body = await get(admin, "/")
+    assert status == 200
+    for route in ("/ready", "/metrics", "/config_dump"):
+        assert route in body
+
+
+async def test_unknown_path_is_404(admin: AdminServer) -> None:
+    assert (await get(admin, "/stats"))[0] == 404
+
+
+async def test_close_stops_listening(proxy: FakeProxy) -> None:
+    server = await start_admin(proxy, "127.0.0.1", 0)
+    assert (await get(server, "/ready"))[0] == 503
+    await server.close()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await get(server, "/ready")
