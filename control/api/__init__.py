@@ -1,0 +1,1 @@
+"""The REST API: thin aiohttp handlers, bearer-token scopes, the OpenAPI document."""

@@ -1,0 +1,139 @@
+"""The aiohttp application: routes from ``OPERATIONS``, the error mapping, and
+the registry loop (TTL expiry, HTTP health checks) running beside it.
+
+What a handler raises becomes a status here, so no input can crash the
+process: 400 not JSON, 401/403 auth, 404 unknown, 409 version conflict (a
+concurrent writer on a shared store), 422 invalid with field paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from aiohttp import ClientSession, ClientTimeout, web
+
+from control.api.auth import AuthError, Tokens
+from control.api.models import ErrorBody, Problem
+from control.api.openapi import OPENAPI_PATH, openapi_document
+from control.api.routes import OPERATIONS, BadRequest, Handler, Operation
+from control.registry.local import Instance
+from control.service import ControlPlane, NotFound
+from control.settings import ControlSettings
+from control.state import StateError
+from control.store.base import Store, StoreError, VersionConflict
+from control.store.sqlite import SQLiteStore
+
+log = logging.getLogger("meshcontrol")
+
+CONTROL: web.AppKey[ControlPlane] = web.AppKey("control", ControlPlane)
+TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
+OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi", dict)
+
+
+def _error(status: int, error: str, problems: list[tuple[str, str]] | None = None) -> web.Response:
+    found = problems or []
+    body = ErrorBody(error=error, problems=[Problem(field=f, message=msg) for f, msg in found])
+    response = web.json_response(body.model_dump(mode="json"), status=status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="meshcontrol"'
+    return response
+
+
+def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    handler: Handler = op.handler
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            who = request.app[TOKENS].authorize(request.headers.get("Authorization"), op.scope)
+            return await handler(request, request.app[CONTROL], who)
+        except AuthError as exc:
+            return _error(exc.status, exc.reason)
+        except BadRequest as exc:
+            return _error(400, str(exc))
+        except StateError as exc:
+            return _error(422, "validation failed", exc.problems)
+        except NotFound as exc:
+            return _error(404, str(exc))
+        except VersionConflict as exc:
+            return _error(409, f"concurrent change: {exc}")
+
+    return handle
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI_KEY])
+
+
+async def _check(session: ClientSession, cp: ControlPlane, instance: Instance) -> None:
+    check = instance.spec.check
+    assert check is not None
+    host = instance.spec.address
+    if ":" in host:
+        host = f"[{host}]"
+    url = f"http://{host}:{instance.spec.port}{check.path}"
+    try:
+        async with session.get(url, timeout=ClientTimeout(total=check.timeout)) as response:
+            ok = 200 <= response.status < 400
+    except (TimeoutError, OSError, ValueError) as exc:
+        log.debug("check of %s failed: %r", instance.id, exc)
+        ok = False
+    except Exception as exc:  # an odd reply must not stop the registry loop
+        log.warning("check of %s failed: %r", instance.id, exc)
+        ok = False
+    await cp.check_result(instance.id, ok)
+
+
+async def registry_loop(cp: ControlPlane, tick: float) -> None:
+    """Expire lapsed TTLs and run due HTTP checks, every ``tick`` seconds."""
+    running: set[asyncio.Task[None]] = set()
+    async with ClientSession() as session:
+        try:
+            while True:
+                try:
+                    await cp.expire()
+                    for instance in cp.registry.due_checks(cp.monotonic()):
+                        task = asyncio.create_task(_check(session, cp, instance))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+                except StoreError as exc:
+                    log.error("registry update not stored: %s", exc)
+                await asyncio.sleep(tick)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+def open_store(settings: ControlSettings) -> Store:
+    if settings.store == "consul":
+        raise StoreError("the consul store is not available yet; use MESHCONTROL_STORE=sqlite")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(settings.data_dir / "meshcontrol.db")
+
+
+def build_app(settings: ControlSettings, store: Store) -> web.Application:
+    if not settings.admin_token:
+        raise ValueError("MESHCONTROL_ADMIN_TOKEN must be set: writes need a bearer token")
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    cp = ControlPlane(store)
+    app[CONTROL] = cp
+    app[TOKENS] = Tokens(settings.admin_token, settings.read_token or None)
+    app[OPENAPI_KEY] = openapi_document()
+    for op in OPERATIONS:
+        app.router.add_route(op.method, op.path, _wrap(op))
+    app.router.add_get(OPENAPI_PATH, _openapi)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await cp.start()
+        loop_task = asyncio.create_task(registry_loop(cp, settings.tick))
+        yield
+        loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop_task
+        await cp.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

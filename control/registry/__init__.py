@@ -1,0 +1,1 @@
+"""Service instances: where each service runs and whether it is healthy."""

@@ -1,0 +1,21 @@
+"""Settings of ``meshcontrol run``, from the environment (``MESHCONTROL_*``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControlSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MESHCONTROL_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=15010, ge=0, le=65535)
+    data_dir: Path = Path("meshcontrol-data")
+    admin_token: str = Field(default="", description="bearer token with write scope")
+    read_token: str = Field(default="", description="bearer token with read scope")
+    store: Literal["sqlite", "consul"] = "sqlite"
+    tick: float = Field(default=0.2, gt=0, le=5, description="seconds between TTL/check scans")

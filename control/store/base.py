@@ -1,0 +1,83 @@
+"""The store interface: a global version, compare-and-set commits, history.
+
+Every change (to the desired state or to the registered instances) is one
+commit that moves the global version from ``expected`` to ``expected + 1``;
+a store refuses the commit with ``VersionConflict`` when its version is no
+longer ``expected``.  That is all a replicated backend (Consul KV with
+check-and-set on one version key) needs to provide, so it slots in beside
+SQLite.  Stores are synchronous; the service calls them off the event loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from control.registry.local import Instance
+from control.state import DesiredState
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (bad file, schema from the future)."""
+
+
+class VersionConflict(StoreError):
+    def __init__(self, expected: int, actual: int) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(f"version is {actual}, not {expected}")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One audited change: who did what, and what it leaves behind."""
+
+    actor: str
+    action: str  # put | delete | rollback | register | deregister | health
+    target: str  # e.g. "routes/ratings", "instances/ratings-1a2b"
+    summary: str
+    state: DesiredState | None = None  # the new desired state, when it changed
+    put_instances: tuple[Instance, ...] = ()
+    deleted_instances: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    time: float
+    actor: str
+    action: str
+    target: str
+    summary: str
+    state_changed: bool
+
+
+@dataclass(frozen=True)
+class Loaded:
+    version: int
+    state: DesiredState
+    instances: list[Instance]
+
+
+class Store(ABC):
+    @abstractmethod
+    def load(self) -> Loaded:
+        """The current version, desired state and instances."""
+
+    @abstractmethod
+    def commit(self, expected: int, change: Change, now: float) -> int:
+        """Apply ``change`` iff the version is ``expected``; return the new version."""
+
+    @abstractmethod
+    def history(self, limit: int, before: int | None = None) -> list[HistoryEntry]:
+        """Newest first; only versions below ``before`` when it is given."""
+
+    @abstractmethod
+    def entry(self, version: int) -> HistoryEntry | None: ...
+
+    @abstractmethod
+    def state_at(self, version: int) -> DesiredState | None:
+        """The desired state as it was at ``version`` (None: no such version)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
