@@ -19,6 +19,9 @@ Two modes, chosen when ``ProxyMetrics`` is built:
   directory, and ``render()`` merges all of them with ``MultiProcessCollector``,
   so one scrape shows the sum over workers.  Gauges use ``livesum`` (a dead
   worker's connections vanish once ``mark_worker_dead`` is called for it).
+  Memory, CPU and open fds come as ``meshproxy_processes_*`` sums over the
+  live processes (workers and whoever renders), refreshed at each flush,
+  instead of the per-process ``process_*`` families.
   Each worker must build its own ``ProxyMetrics`` after the fork and call
   ``flush_periodically`` so that workers which are not scraped still publish.
 
@@ -85,6 +88,25 @@ DURATION_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 _UPPER_BOUNDS: tuple[float, ...] = (*DURATION_BUCKETS, float("inf"))
+
+# What each process publishes about itself in multi-process mode, summed over live ones.
+_PROCESS_FIGURES: tuple[tuple[str, str, str], ...] = (
+    (
+        "process_resident_memory_bytes",
+        "meshproxy_processes_resident_memory_bytes",
+        "Resident memory of all live sidecar processes, in bytes.",
+    ),
+    (
+        "process_cpu_seconds",
+        "meshproxy_processes_cpu_seconds",
+        "CPU time of all live sidecar processes, in seconds (drops when one exits).",
+    ),
+    (
+        "process_open_fds",
+        "meshproxy_processes_open_fds",
+        "Open file descriptors of all live sidecar processes.",
+    ),
+)
 
 # Before services are declared, names are taken as given up to this many, so a
 # proxy that forgets to declare them still cannot grow the label set forever.
@@ -177,9 +199,17 @@ class ProxyMetrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        # Memory and CPU: the standard process_* families in single mode; with
+        # workers, each publishes its own figures at flush into livesum gauges.
+        self._process = ProcessCollector(registry=None)
+        self._process_gauges: dict[str, Gauge] = {}
         if self.multiproc_dir is None:
-            # Per-process figures do not add up across workers, so single mode only.
-            ProcessCollector(registry=self.registry)
+            self.registry.register(self._process)
+        else:
+            for source, name, doc in _PROCESS_FIGURES:
+                self._process_gauges[source] = Gauge(
+                    name, doc, registry=self.registry, multiprocess_mode="livesum"
+                )
         if services is not None:
             self.set_services(services)
 
@@ -235,6 +265,11 @@ class ProxyMetrics:
                     series.flushed = count
             for durations in list(self._durations.values()):
                 _flush_durations(durations)
+            if self._process_gauges:
+                for family in self._process.collect():
+                    gauge = self._process_gauges.get(family.name)
+                    if gauge is not None and family.samples:
+                        gauge.set(family.samples[0].value)
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text of this process, or in multi-process mode of every worker."""

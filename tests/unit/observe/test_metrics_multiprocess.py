@@ -115,3 +115,17 @@ def test_info_and_latest_config_version_in_multiprocess_mode(multiproc_dir: Path
     assert versions == {"v2": 1}
     assert [v for (n, _), v in s.items() if n == "meshproxy_info"] == [1]
     assert list(multiproc_dir.glob("*.db"))
+
+
+def test_memory_and_cpu_are_summed_over_live_processes(multiproc_dir: Path) -> None:
+    pids = run_workers(multiproc_dir, [1, 1])
+    m = ProxyMetrics()
+    s = samples(m)
+    memory = s[key("meshproxy_processes_resident_memory_bytes")]
+    assert memory > 0
+    assert s[key("meshproxy_processes_cpu_seconds")] > 0
+    assert s[key("meshproxy_processes_open_fds")] >= 3
+    assert key("process_resident_memory_bytes") not in s
+    for pid in pids:
+        mark_worker_dead(pid)
+    assert 0 < samples(m)[key("meshproxy_processes_resident_memory_bytes")] < memory
