@@ -1,0 +1,48 @@
+"""The demo's sidecar config and its report of the split it observed."""
+
+import socket
+from collections import Counter
+
+import pytest
+import yaml
+
+from meshproxy.config import parse_bootstrap
+from meshproxy.demo.__main__ import Traffic, parse_args
+from meshproxy.demo.sidecar import demo_bootstrap, port_or_any
+
+
+def test_demo_routes_ratings_90_10_over_v1_and_v2() -> None:
+    boot = parse_bootstrap(yaml.safe_dump(demo_bootstrap(9001, 9002, 0, 0)), "demo")
+    endpoints = boot.snapshot.services["ratings"].endpoints
+    assert [(e.port, e.labels) for e in endpoints] == [
+        (9001, {"version": "v1"}),
+        (9002, {"version": "v2"}),
+    ]
+    (rule,) = boot.snapshot.routes[0].rules
+    assert [(b.subset, b.weight) for b in rule.backends] == [("v1", 90), ("v2", 10)]
+    assert [(listener.name, listener.port) for listener in boot.listeners] == [("outbound", 0)]
+
+
+def test_a_busy_preferred_port_falls_back_to_any() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert port_or_any(busy.getsockname()[1]) == 0
+
+
+def test_split_line_gives_shares_counts_and_errors() -> None:
+    traffic = Traffic(Counter(v1=1800, v2=199), Counter({"status 502": 1}), 1.0)
+    assert traffic.answered == 1999
+    assert traffic.split_line() == (
+        "split observed: v1 90.0% (1800), v2 10.0% (199); errors 1 {'status 502': 1}"
+    )
+
+
+def test_split_line_names_a_version_that_got_nothing() -> None:
+    line = Traffic(Counter(v1=10), Counter(), 1.0).split_line()
+    assert line == "split observed: v1 100.0% (10), v2 0.0% (0); errors 0"
+
+
+def test_zero_requests_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--requests", "0"])
