@@ -138,3 +138,11 @@ async def test_close_stops_listening(proxy: FakeProxy) -> None:
     await server.close()
     with pytest.raises(aiohttp.ClientConnectionError):
         await get(server, "/ready")
+
+
+async def test_port_in_use_raises_and_the_first_server_keeps_serving(
+    admin: AdminServer, proxy: FakeProxy
+) -> None:
+    with pytest.raises(OSError):
+        await start_admin(proxy, "127.0.0.1", admin.port)
+    assert (await get(admin, "/ready"))[0] == 503
