@@ -1,0 +1,194 @@
+"""Heads rewritten on their way through the proxy: bytes in, bytes out (sans-IO).
+
+The request head sent upstream loses its hop-by-hop fields (RFC 9110 section
+7.6.1), gains X-Forwarded-For / X-Forwarded-Proto / X-Request-Id, and keeps the
+client's framing (Content-Length as is, chunked passed through).  The response
+head sent downstream loses the upstream's hop-by-hop fields and gains the
+Connection / Transfer-Encoding fields that describe *our* framing to the client.
+
+Nothing here touches a socket or a clock; the protocols in ``server`` and
+``upstream`` call these functions once per message.
+"""
+
+from __future__ import annotations
+
+import os
+
+from meshproxy import fastpath as fp
+
+# Hop-by-hop fields: they describe one connection and never cross the proxy.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Fields the proxy sets itself on the upstream request; the client's copies are
+# merged (X-Forwarded-For) or replaced (X-Forwarded-Proto).
+_XFF = b"x-forwarded-for"
+_XFP = b"x-forwarded-proto"
+_XRID = b"x-request-id"
+_HOST = b"host"
+
+_REQUEST_SPECIAL = HOP_BY_HOP | {_XFF, _XFP, _XRID, _HOST}
+
+
+def new_request_id() -> bytes:
+    return os.urandom(16).hex().encode()
+
+
+def origin_form(target: bytes) -> tuple[bytes | None, bytes]:
+    """Split an absolute-form target (``http://host:port/path?q``) into its
+    authority and the origin-form path; other targets come back unchanged."""
+    if target[:1] == b"/" or target == b"*":
+        return None, target
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return None, target
+    slash = rest.find(b"/")
+    query = rest.find(b"?")
+    cut = min(p for p in (slash, query, len(rest)) if p >= 0)
+    path = rest[cut:]
+    if not path or path[:1] == b"?":
+        path = b"/" + path
+    return rest[:cut], path
+
+
+def strip_port(host: bytes) -> bytes:
+    """``name:8080`` -> ``name``; ``[::1]:80`` -> ``::1``."""
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        return host[1:end] if end > 0 else host
+    return host.partition(b":")[0]
+
+
+def build_request_head(
+    head: fp.RequestHead,
+    path: bytes,
+    client_ip: bytes,
+    authority: bytes | None,
+) -> bytes:
+    """The head to send upstream, always as HTTP/1.1 on a keep-alive connection.
+
+    ``authority`` is the Host to set when the client's head has none (an
+    absolute-form target, or an HTTP/1.0 request without Host)."""
+    drop = head.connection
+    xff: bytes | None = None
+    host: bytes | None = None
+    has_rid = False
+    out = [head.method, b" ", path, b" HTTP/1.1\r\n"]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in _REQUEST_SPECIAL or lname in drop:
+            if lname == _XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif lname == _XRID:
+                has_rid = True
+                out += (name, b": ", value, b"\r\n")
+            elif lname == _HOST and host is None:
+                host = value
+                out += (b"Host: ", authority or value, b"\r\n")
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if host is None and authority is not None:
+        out += (b"Host: ", authority, b"\r\n")
+    if head.body == fp.BODY_CHUNKED:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    if head.upgrade is not None:
+        out += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade, b"\r\n")
+    out += (
+        b"X-Forwarded-For: ",
+        client_ip if xff is None else xff + b", " + client_ip,
+        b"\r\nX-Forwarded-Proto: http\r\n",
+    )
+    if not has_rid:
+        out += (b"X-Request-Id: ", new_request_id(), b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+# Status lines by (status, reason), built once: upstreams repeat the same few.
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    line = _STATUS_LINES.get((status, reason))
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 256:
+            _STATUS_LINES[(status, reason)] = line
+    return line
+
+
+def has_hop_by_hop(head: fp.ResponseHead) -> bool:
+    """Whether the response carries a field that must not cross the proxy."""
+    drop = head.connection
+    for name, _value in head.headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in drop:
+            return True
+    return False
+
+
+def build_response_head(
+    head: fp.ResponseHead,
+    raw: bytes | bytearray,
+    hop: bool,
+    chunked_out: bool,
+    connection: bytes | None,
+    upgrade: bool,
+) -> bytes | bytearray:
+    """The head to send downstream.
+
+    ``raw`` is the upstream's head as received; when it carries no hop-by-hop
+    field (``hop`` false) and needs no addition, ``raw`` itself is returned
+    (the common case, no copy).  ``chunked_out``: we frame the body as chunked
+    to the client.  ``connection``: the Connection value to announce
+    (``close``, ``keep-alive``) or None.  ``upgrade``: a 101 answer, whose
+    Upgrade field stays.
+    """
+    if not hop and connection is None and not chunked_out and head.version == 11:
+        return raw
+    drop = head.connection
+    out = [status_line(head.status, head.reason)]
+    for name, value in head.headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP or lname in drop:
+            if upgrade and lname == b"upgrade":
+                out += (name, b": ", value, b"\r\n")
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if upgrade:
+        out.append(b"Connection: upgrade\r\n")
+    elif connection is not None:
+        out += (b"Connection: ", connection, b"\r\n")
+    if chunked_out:
+        out.append(b"Transfer-Encoding: chunked\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def keep_alive_timeout(head: fp.ResponseHead) -> float | None:
+    """The ``timeout=N`` of a response's Keep-Alive field, in seconds, or None."""
+    for name, value in head.headers:
+        if name.lower() == b"keep-alive":
+            for param in value.split(b","):
+                key, sep, num = param.strip().partition(b"=")
+                if sep and key.strip().lower() == b"timeout" and num.strip().isdigit():
+                    return float(int(num.strip()))
+    return None
+
+
+def idle_deadline(configured: float, announced: float | None) -> float:
+    """How long a pooled connection may stay idle: our setting, or a bit less
+    than the upstream announced, so we never write into a closing socket."""
+    if announced is None:
+        return configured
+    margin = 1.0 if announced > 2.0 else announced / 2
+    return max(0.0, min(configured, announced - margin))

@@ -1,0 +1,174 @@
+"""L4 listeners (``protocol: tcp``): one upstream connection per client connection.
+
+Bytes go both ways untouched.  Each side's write backpressure pauses the other
+side's reading; a half-close (EOF) is passed on as a half-close so protocols
+that shut down one direction first keep working.  Timeouts: connect
+(``timeouts.connect``) and idle (``timeouts.idle``, no byte either way).
+
+It must not look into the bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from meshproxy.http1.context import ListenerContext
+from meshproxy.resolve import LocalReply
+
+
+class _Side(asyncio.Protocol):
+    """One of the two connections of a TCP proxy pair."""
+
+    __slots__ = ("eof", "other", "pair", "transport")
+
+    def __init__(self, pair: TcpProxy | None) -> None:
+        self.pair = pair
+        self.transport: asyncio.Transport | None = None
+        self.other: _Side | None = None
+        self.eof = False
+
+    def data_received(self, data: bytes) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.write(data)
+        if self.pair is not None:
+            self.pair.active = True
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        other = self.other
+        if other is not None and other.transport is not None:
+            if other.eof:
+                return False  # both directions done
+            if other.transport.can_write_eof():
+                other.transport.write_eof()
+                return True
+        return False
+
+    def pause_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        other = self.other
+        self.other = None
+        self.transport = None
+        if other is not None:
+            other.other = None
+            if other.transport is not None:
+                other.transport.close()
+        if self.pair is not None:
+            self.pair.closed()
+
+
+class TcpProxy(_Side):
+    """The client side; it owns the pair's timers and the upstream side."""
+
+    __slots__ = ("active", "connect_timer", "connecting", "ctx", "idle_timer")
+
+    def __init__(self, ctx: ListenerContext) -> None:
+        super().__init__(None)
+        self.pair = self
+        self.ctx = ctx
+        self.active = False
+        self.connecting: asyncio.Future[tuple[asyncio.Transport, _Side]] | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.metrics.connection_opened(ctx.name)
+        service = ctx.listener.service or ""
+        target = ctx.resolver.resolve_tcp(service)
+        if isinstance(target, LocalReply) or ctx.draining:
+            transport.close()
+            return
+        transport.pause_reading()  # until the upstream is there to take the bytes
+        loop = ctx.loop
+        fut = asyncio.ensure_future(
+            loop.create_connection(lambda: _Side(self), target.host, target.port)
+        )
+        self.connecting = fut
+        fut.add_done_callback(self.connected)
+        self.connect_timer = loop.call_later(ctx.connect_timeout, self.connect_timeout)
+
+    def connected(self, fut: asyncio.Future[tuple[asyncio.Transport, _Side]]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if self.connecting is not fut:
+            if exc is None:
+                fut.result()[0].close()
+            return
+        self.connecting = None
+        if self.connect_timer is not None:
+            self.connect_timer.cancel()
+            self.connect_timer = None
+        if exc is not None or self.transport is None:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        up = fut.result()[1]
+        self.other = up
+        up.other = self
+        self.transport.resume_reading()
+        self.idle_timer = self.ctx.loop.call_later(self.ctx.idle_timeout, self.idle_check)
+
+    def connect_timeout(self) -> None:
+        self.connect_timer = None
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def idle_check(self) -> None:
+        # Activity is a flag set by either side; checked once per idle period.
+        self.idle_timer = None
+        if self.transport is None:
+            return
+        if self.active:
+            self.active = False
+            self.idle_timer = self.ctx.loop.call_later(self.ctx.idle_timeout, self.idle_check)
+        else:
+            self.transport.close()
+
+    def closed(self) -> None:
+        """Either side closed: release everything once."""
+        ctx = self.ctx
+        if self in ctx.connections:
+            ctx.connections.discard(self)
+            ctx.metrics.connection_closed(ctx.name)
+        for timer in (self.connect_timer, self.idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self.connect_timer = self.idle_timer = None
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.transport is not None:
+            self.transport.close()
+
+    def drain(self) -> None:
+        """A byte stream has no safe stopping point: it runs until the drain
+        deadline, when the runtime closes what is left."""
+
+    def is_idle(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        other = self.other
+        if other is not None and other.transport is not None:
+            other.transport.close()
