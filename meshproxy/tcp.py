@@ -28,6 +28,9 @@ class _Side(asyncio.Protocol):
         self.other: _Side | None = None
         self.eof = False
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
     def data_received(self, data: bytes) -> None:
         other = self.other
         if other is not None and other.transport is not None:
@@ -84,16 +87,16 @@ class TcpProxy(_Side):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
-        self.transport = cast(asyncio.Transport, transport)
+        self.transport = client = cast(asyncio.Transport, transport)
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened(ctx.name)
         service = ctx.listener.service or ""
         target = ctx.resolver.resolve_tcp(service)
         if isinstance(target, LocalReply) or ctx.draining:
-            transport.close()
+            client.close()
             return
-        transport.pause_reading()  # until the upstream is there to take the bytes
+        client.pause_reading()  # until the upstream is there to take the bytes
         loop = ctx.loop
         fut = asyncio.ensure_future(
             loop.create_connection(lambda: _Side(self), target.host, target.port)
