@@ -135,5 +135,9 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
             await loop_task
         await cp.close()
 
+    async def release_watches(app: web.Application) -> None:
+        cp.stop_watches()
+
+    app.on_shutdown.append(release_watches)
     app.cleanup_ctx.append(lifecycle)
     return app

@@ -28,7 +28,7 @@ async def serve(settings: ControlSettings) -> None:
     except BaseException:
         store.close()
         raise
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

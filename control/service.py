@@ -57,6 +57,7 @@ class ControlPlane:
         self._lock = asyncio.Lock()
         self._changed = asyncio.Event()
         self._endpoints: tuple[int, dict[str, list[Endpoint]]] | None = None
+        self.closing = False
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call the store on its own thread."""
@@ -69,6 +70,11 @@ class ControlPlane:
         now = self.monotonic()
         for instance in loaded.instances:
             self.registry.add(instance, now)
+
+    def stop_watches(self) -> None:
+        """Release every open long-poll (on shutdown), so none holds the exit."""
+        self.closing = True
+        self._publish()
 
     async def close(self) -> None:
         await self.run(self.store.close)

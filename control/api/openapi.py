@@ -26,6 +26,7 @@ _REASONS = {
     404: "Not found",
     409: "Conflict",
     422: "Invalid: the problems name each field",
+    503: "Shutting down: poll again later",
 }
 
 

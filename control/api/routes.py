@@ -215,6 +215,8 @@ async def snapshot(request: web.Request, cp: ControlPlane, who: Principal) -> we
     cp.book.watch(node.id, +1)
     try:
         while True:
+            if cp.closing:
+                return reply(m.ErrorBody(error="the control plane is shutting down"), 503)
             changed = cp.change_event()
             delivery = cp.book.offer(node, query.index, cp.snapshot_for(node), cp.wall())
             if delivery is not None:
@@ -371,7 +373,7 @@ OPERATIONS: list[Operation] = [
         snapshot,
         response=m.SnapshotDelivery,
         query=SnapshotQuery,
-        statuses=(304,),
+        statuses=(304, 503),
     ),
     Operation(
         "POST",
