@@ -1,10 +1,12 @@
 """The API in-process (aiohttp test server on 127.0.0.1, a temporary SQLite file)."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from control.api.openapi import OPENAPI_PATH
@@ -160,3 +162,48 @@ async def test_snapshot_poll_validates_its_query_and_times_out_with_304(
         f"/v1/snapshot?node=a&service=b&index={body['version']}&wait=50ms", headers=READER
     )
     assert again.status == 304
+
+
+async def _healthy(client: TestClient[Any, Any], instance_id: str) -> bool:
+    listed = await (await client.get("/v1/services", headers=READER)).json()
+    return next(i["healthy"] for i in listed["instances"] if i["id"] == instance_id)
+
+
+async def test_lapsed_ttl_and_failing_http_check_take_instances_out_and_bump_the_version(
+    client: TestClient[Any, Any],
+) -> None:
+    status = {"code": 200}
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(status=status["code"])
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    async with TestServer(app, host="127.0.0.1") as upstream:
+        checked = {
+            "service": "ratings",
+            "address": "127.0.0.1",
+            "port": upstream.port,
+            "check": {"path": "/health", "interval": "50ms"},
+        }
+        ttl = {"service": "details", "address": "127.0.0.1", "port": 9002, "ttl": "100ms"}
+        check_id = (await (await client.post("/v1/instances", json=checked, headers=ADMIN)).json())[
+            "id"
+        ]
+        ttl_id = (await (await client.post("/v1/instances", json=ttl, headers=ADMIN)).json())["id"]
+        status["code"] = 503
+        for _ in range(100):
+            if not await _healthy(client, check_id) and not await _healthy(client, ttl_id):
+                break
+            await asyncio.sleep(0.05)
+        assert not await _healthy(client, check_id)
+        assert not await _healthy(client, ttl_id)
+        status["code"] = 200
+        for _ in range(100):
+            if await _healthy(client, check_id):
+                break
+            await asyncio.sleep(0.05)
+        assert await _healthy(client, check_id)
+    history = await (await client.get("/v1/history", headers=READER)).json()
+    actions = [e["action"] for e in history["entries"]]
+    assert actions.count("health") >= 3 and actions[-2:] == ["register", "register"]
