@@ -77,6 +77,10 @@ class UpstreamService:
             else None
         )
         self.clusters: list[Cluster] = []
+        # Set when a new snapshot replaces this service: outcomes of requests
+        # that started before the swap are passed on to the live state.
+        self.successor: UpstreamService | None = None
+        self._members = frozenset(id(e) for e in self.endpoints)
         self.next_deadline = math.inf
         self._compute_deadline()
 
@@ -108,6 +112,13 @@ class UpstreamService:
     def on_result(self, endpoint: EndpointState, outcome: Outcome, now: float) -> None:
         """Feed a request's outcome (a status, or a ``Failure``) to the outlier
         detector and the endpoint breaker."""
+        successor = self.successor
+        if successor is not None:
+            while successor.successor is not None:
+                successor = successor.successor
+            if id(endpoint) in successor._members:
+                successor.on_result(endpoint, outcome, now)
+                return
         status = outcome if isinstance(outcome, int) else FAILURE_STATUS[outcome]
         breaker = endpoint.breaker
         if status < 500:

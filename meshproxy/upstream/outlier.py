@@ -37,7 +37,6 @@ class OutlierDetector:
         "_max_multiplier",
         "_max_time",
         "config",
-        "ejected_count",
         "ejections",
         "endpoints",
         "next_sweep",
@@ -50,7 +49,6 @@ class OutlierDetector:
         self.endpoints = list(endpoints)
         self._max_time = max(config.max_ejection_time, config.base_ejection_time)
         self._max_multiplier = max(1, math.ceil(self._max_time / config.base_ejection_time))
-        self.ejected_count = sum(1 for e in self.endpoints if e.ejected)
         self.next_sweep = now + config.interval
         self.ejections: dict[str, int] = {
             "consecutive_5xx": 0,
@@ -59,12 +57,17 @@ class OutlierDetector:
         }
 
     @property
+    def ejected_count(self) -> int:
+        # Counted, not cached: endpoint state outlives a snapshot swap, and a
+        # count kept here could drift from the flags.
+        return sum(1 for e in self.endpoints if e.ejected)
+
+    @property
     def next_deadline(self) -> float:
         deadline = self.next_sweep
-        if self.ejected_count:
-            for endpoint in self.endpoints:
-                if endpoint.ejected and endpoint.ejected_until < deadline:
-                    deadline = endpoint.ejected_until
+        for endpoint in self.endpoints:
+            if endpoint.ejected and endpoint.ejected_until < deadline:
+                deadline = endpoint.ejected_until
         return deadline
 
     def record_error(self, endpoint: EndpointState, status: int, now: float) -> bool:
@@ -90,7 +93,8 @@ class OutlierDetector:
         return self._eject(endpoint, kind, now)
 
     def _eject(self, endpoint: EndpointState, kind: str, now: float) -> bool:
-        if self.ejected_count and (self.ejected_count + 1) * 100 > (
+        ejected = self.ejected_count
+        if ejected and (ejected + 1) * 100 > (
             self.config.max_ejection_percent * len(self.endpoints)
         ):
             self.ejections["overflow"] += 1
@@ -102,7 +106,6 @@ class OutlierDetector:
             self.config.base_ejection_time * multiplier, self._max_time
         )
         endpoint.times_ejected += 1
-        self.ejected_count += 1
         self.ejections[kind] += 1
         return True
 
@@ -114,7 +117,6 @@ class OutlierDetector:
                 endpoint.last_unejected = endpoint.ejected_until
                 endpoint.consecutive_5xx = 0
                 endpoint.consecutive_gateway = 0
-                self.ejected_count -= 1
                 changed = True
         return changed
 

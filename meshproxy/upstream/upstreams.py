@@ -5,8 +5,9 @@ Built whole from a snapshot and swapped whole, like the route table.  When
 built from a new snapshot with the previous ``Upstreams``, an endpoint that
 is still there (same service, address and port) keeps its live state: health,
 ejection, counters and, if its settings did not change, its breaker.
-In-flight requests finishing against the old objects thus still update the
-right counters.  No I/O and no clock here.
+Requests in flight across the swap finish against the old ``Cluster``: its
+counters are the same objects, and the old service passes outcomes on to the
+new one, so the live outlier detector and breakers see them.  No I/O and no clock here.
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ class Upstreams:
                 for endpoint in endpoints:
                     endpoint.health = judged.get(id(endpoint), endpoint.health)
             upstreams.services[name] = upstream
+            if old is not None:
+                old.successor = upstream
             lb = policy.load_balancer
             upstreams._clusters[name, None] = Cluster(
                 name, upstream, endpoints, lb, local_zone=local_zone, rand=rand

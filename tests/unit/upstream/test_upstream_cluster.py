@@ -279,6 +279,15 @@ def test_a_new_snapshot_keeps_live_state_of_endpoints_still_there() -> None:
     old.request_finished(kept)  # an in-flight request ends against the old view
     assert new.endpoints[0].active_requests == 0
 
+    # Outcomes reported against the old view reach the live detector.
+    survivor = new.endpoints[1]
+    assert survivor not in old.endpoints
+    back = new.pick(None, 31.0)
+    assert not kept.ejected and back is not None
+    fail(old, kept, 3, 32.0)
+    assert kept.ejected
+    assert {new.pick(None, 33.0) for _ in range(4)} == {survivor}
+
 
 def test_services_without_a_policy_get_the_defaults() -> None:
     snapshot = Snapshot.model_validate(
@@ -341,3 +350,49 @@ def test_policy_for_unknown_endpoints_builds_an_empty_cluster() -> None:
     assert cluster.pick(None, 0.0) is None
     assert not cluster.panic
     assert isinstance(cluster.service.policy, Policy)
+
+
+def test_a_new_snapshot_keeps_health_verdicts_and_unchanged_breakers() -> None:
+    def snap(ports: list[int], open_timeout: str) -> Snapshot:
+        return Snapshot.model_validate(
+            {
+                "services": {
+                    "ratings": {"endpoints": [{"address": "10.0.7.1", "port": p} for p in ports]}
+                },
+                "policies": [
+                    {
+                        "service": "ratings",
+                        "health_check": {"interval": "5s"},
+                        "endpoint_breaker": {
+                            "consecutive_failures": 1,
+                            "open_timeout": open_timeout,
+                        },
+                    }
+                ],
+            }
+        )
+
+    first = Upstreams.from_snapshot(snap([80, 81], "5s"), now=0.0, rand=random.Random(4).random)
+    (checker,) = first.health_checkers()
+    for probe in checker.due(0.0):
+        checker.on_probe_result(probe, 200 if probe.endpoint.port == 80 else None, 0.1)
+    cluster = first.cluster("ratings")
+    assert cluster is not None
+    healthy, sick = cluster.endpoints
+    healthy_breaker = healthy.breaker
+    cluster.on_result(healthy, 503, 0.2)
+
+    same = Upstreams.from_snapshot(snap([80, 81, 82], "5s"), now=1.0, previous=first)
+    assert [e.health for e in same.services["ratings"].endpoints] == [
+        "healthy",
+        "unhealthy",
+        "unknown",
+    ]
+    assert healthy.breaker is healthy_breaker and healthy_breaker is not None
+    assert healthy_breaker.state == "open"
+
+    changed = Upstreams.from_snapshot(snap([80, 81], "9s"), now=2.0, previous=same)
+    assert healthy.breaker is not healthy_breaker
+    assert healthy.breaker is not None and healthy.breaker.state == "closed"
+    assert sick.health == "unhealthy"
+    assert changed.cluster("ratings") is not None

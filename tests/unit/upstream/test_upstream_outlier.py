@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshproxy.config.policy import OutlierDetection
 from meshproxy.upstream.endpoint import EndpointState
@@ -172,3 +174,30 @@ def test_sweep_returns_due_endpoints_and_schedules_the_next() -> None:
 def test_zero_durations_are_refused(field: str) -> None:
     with pytest.raises(ValueError, match="must be positive"):
         OutlierDetection.model_validate({field: "0s"})
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    n=st.integers(min_value=1, max_value=20),
+    percent=st.integers(min_value=0, max_value=100),
+    events=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=19), st.sampled_from([500, 503, 200])),
+        max_size=300,
+    ),
+)
+def test_ejected_share_never_passes_the_maximum_except_for_one(
+    n: int, percent: int, events: list[tuple[int, int]]
+) -> None:
+    detector, eps = make(n=n, consecutive_5xx=2, max_ejection_percent=percent)
+    now = 0.0
+    for index, status in events:
+        now += 0.5
+        detector.advance(now)
+        ep = eps[index % n]
+        if status >= 500:
+            detector.record_error(ep, status, now)
+        else:
+            ep.consecutive_5xx = 0
+        ejected = sum(e.ejected for e in eps)
+        assert ejected <= max(1, percent * n // 100)
+        assert all(e.ejected_until - now <= 300.0 for e in eps if e.ejected)
