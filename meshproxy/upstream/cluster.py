@@ -170,6 +170,12 @@ class Cluster:
             total_weight=total_weight,
             minimum_ring_size=config.minimum_ring_size,
         )
+        # Where the consistent-hash key comes from, in the form the routing
+        # room's key extraction uses (lower-case header name, cookie name).
+        hash_on = config.hash_on
+        self.hash_header = hash_on.header.lower().encode() if hash_on and hash_on.header else None
+        self.hash_cookie = hash_on.cookie.encode() if hash_on and hash_on.cookie else None
+        self.hash_client = bool(hash_on and hash_on.client_address)
         self.panic = False
         self.local_share = 1.0
         self.dirty = True

@@ -206,8 +206,13 @@ def test_locality_is_ignored_below_min_cluster_size_or_without_a_zone() -> None:
 def test_consistent_hash_sticks_and_moves_only_the_ejected_endpoints_keys() -> None:
     cluster = build(
         10,
-        load_balancer={"policy": "consistent_hash", "hash_on": {"header": "x-user"}},
+        load_balancer={"policy": "consistent_hash", "hash_on": {"header": "X-User"}},
         outlier_detection={**OUTLIER, "max_ejection_percent": 10},
+    )
+    assert (cluster.hash_header, cluster.hash_cookie, cluster.hash_client) == (
+        b"x-user",
+        None,
+        False,
     )
     keys = [f"u{i}".encode() for i in range(10000)]
     before = [cluster.pick(k, 0.0) for k in keys]
