@@ -45,12 +45,15 @@ def replace_prefix(target: bytes, matched: bytes, replacement: bytes) -> bytes:
     """Rewrite the path prefix ``matched`` of ``target`` to ``replacement``.
 
     As the Gateway API's ``ReplacePrefixMatch``: ``/api`` -> ``/`` turns
-    ``/api/users`` into ``/users`` (not ``//users``).  The query is kept.  A
+    ``/api/users`` into ``/users`` (not ``//users``), and ``/`` -> ``/v2``
+    turns ``/api`` into ``/v2/api`` (not ``/v2api``).  The query is kept.  A
     target that does not start with ``matched`` comes back unchanged.
     """
     if not target.startswith(matched):
         return target
     rest = target[len(matched) :]
+    if matched.endswith(b"/") and rest and not rest.startswith(b"/"):
+        rest = b"/" + rest  # the matched slash separates, it is not part of the prefix
     if replacement.endswith(b"/") and rest.startswith(b"/"):
         rest = rest[1:]
     path = replacement + rest

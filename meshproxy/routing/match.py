@@ -29,7 +29,10 @@ class ValueMatcher:
         """Repeated headers and query keys: the condition holds when one value holds."""
         if not values:
             return self.test(None)
-        return any(self.test(v) for v in values)
+        for value in values:  # noqa: SIM110 - any(generator) is slower on this path
+            if self.test(value):
+                return True
+        return False
 
 
 class Exact(ValueMatcher):
@@ -40,6 +43,9 @@ class Exact(ValueMatcher):
 
     def test(self, value: bytes | None) -> bool:
         return value == self.expected
+
+    def test_any(self, values: list[bytes]) -> bool:
+        return self.expected in values
 
 
 class Prefix(ValueMatcher):
@@ -130,13 +136,19 @@ class RequestView:
 
     def header_values(self, name: bytes) -> list[bytes]:
         """Every value of header ``name`` (lower-case), in order."""
-        lower = self._lower
-        if lower is None:
-            lower = {}
-            for key, value in self.headers:
-                lower.setdefault(key.lower(), []).append(value)
-            self._lower = lower
-        return lower.get(name, [])
+        # One scan per name asked for, not a dict of every header: tables
+        # match on a few names while requests carry many headers.
+        found = self._lower
+        if found is None:
+            found = self._lower = {}
+        else:
+            values = found.get(name)
+            if values is not None:
+                return values
+        size = len(name)
+        values = [v for k, v in self.headers if len(k) == size and k.lower() == name]
+        found[name] = values
+        return values
 
     def query_values(self, name: bytes) -> list[bytes]:
         query = self._query
@@ -157,12 +169,8 @@ def request_path(target: bytes) -> bytes:
         if slash < 0:
             return b"/"
         target = target[slash:]
-    end = len(target)
-    for stop in (b"?", b"#"):
-        at = target.find(stop)
-        if 0 <= at < end:
-            end = at
-    return target[:end]
+    query = target.find(b"?")
+    return target if query < 0 else target[:query]
 
 
 def cookie_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

@@ -27,7 +27,7 @@ this module reads a clock or a random source; callers pass randomness in.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 BUCKETS = 10000
 
@@ -53,6 +53,14 @@ def split_bucket(key: bytes) -> int:
     h = (h * 0xC4CEB9FE1A85EC53) & _MASK
     h ^= h >> 33
     return ((h >> 32) * BUCKETS) >> 32
+
+
+def fastest_split_bucket() -> Callable[[bytes], int]:
+    """``_fastpath``'s ``split_bucket`` once the fast path has it, else this one."""
+    from meshproxy import fastpath
+
+    fast: Callable[[bytes], int] = getattr(fastpath, "split_bucket", split_bucket)
+    return fast
 
 
 def random_bucket(rand: float) -> int:

@@ -37,7 +37,9 @@ from meshproxy.routing.match import (
     host_without_port,
 )
 from meshproxy.routing.retry import RetryPolicy
-from meshproxy.routing.split import random_bucket, split_bounds, split_bucket
+from meshproxy.routing.split import fastest_split_bucket, random_bucket, split_bounds
+
+_split_bucket = fastest_split_bucket()
 
 
 class Target:
@@ -124,6 +126,7 @@ class CompiledRule:
         "bounds",
         "decisions",
         "fault",
+        "fixed",
         "hash_client",
         "hash_cookie",
         "hash_header",
@@ -145,7 +148,15 @@ class CompiledRule:
     ) -> None:
         self.path = path
         self.blocks = tuple(MatchBlock(block) for block in spec.match)
-        self.match_all = not self.blocks or any(block.match_all for block in self.blocks)
+        rewrite = spec.rewrite
+        self.prefix_rewrite = rewrite.prefix.encode() if rewrite and rewrite.prefix else None
+        self.host_rewrite = rewrite.host.encode() if rewrite and rewrite.host else None
+        # A prefix rewrite depends on which block matched, so such a rule is
+        # never taken as matching everything: its blocks are tried in order.
+        per_block = self.prefix_rewrite is not None and bool(self.blocks)
+        self.match_all = not self.blocks or (
+            not per_block and any(block.match_all for block in self.blocks)
+        )
         self.targets = targets
         weights = [b.weight for b in spec.backends] or [1]
         self.bounds = split_bounds(weights)
@@ -167,16 +178,15 @@ class CompiledRule:
         headers = spec.headers
         self.request_headers = HeaderEdit.of(headers.request) if headers else None
         self.response_headers = HeaderEdit.of(headers.response) if headers else None
-        rewrite = spec.rewrite
-        self.prefix_rewrite = rewrite.prefix.encode() if rewrite and rewrite.prefix else None
-        self.host_rewrite = rewrite.host.encode() if rewrite and rewrite.host else None
         self.mirror = mirror
-        if self.prefix_rewrite is not None and self.blocks and not self.match_all:
+        if per_block:
             self.decisions = tuple(self._decisions(block.path_prefix) for block in self.blocks)
         else:
             # Without a rewrite the matched block does not change the answer.
             shared = self._decisions(b"/")
             self.decisions = (shared,) * max(len(self.blocks), 1)
+        # The answer when nothing about the request can change it.
+        self.fixed = self.decisions[0][self.only] if self.only >= 0 and self.match_all else None
 
     def _decisions(self, matched_prefix: bytes) -> tuple[Decision, ...]:
         return tuple(Decision(self, target, matched_prefix) for target in self.targets)
@@ -205,7 +215,7 @@ class CompiledRule:
             key = cookie_value(headers, self.hash_cookie)
         elif self.hash_client and client_address:
             key = client_address.encode()
-        bucket = split_bucket(key) if key is not None else random_bucket(rand())
+        bucket = _split_bucket(key) if key is not None else random_bucket(rand())
         return decisions[bisect_right(self.bounds, bucket)]
 
 
@@ -280,6 +290,9 @@ class CompiledRoutes:
         request: RequestView | None = None
         for rule in rules:
             if rule.match_all:
+                fixed = rule.fixed
+                if fixed is not None:
+                    return fixed
                 return rule.choose(0, headers, client_address, self._rand)
             if request is None:
                 request = RequestView(method, target, headers)

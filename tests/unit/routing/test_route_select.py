@@ -202,7 +202,7 @@ def test_split_with_hash_header_is_sticky_and_follows_weights() -> None:
             }
         ]
     )
-    seen = Counter()
+    seen: Counter[str | None] = Counter()
     for i in range(4000):
         headers = [(b"x-user", b"u%d" % i)]
         first = subset_of(pick(routes, headers=headers))
@@ -327,3 +327,19 @@ def test_upstream_target_turns_absolute_form_into_origin_form() -> None:
     assert decision.upstream_target(b"http://ratings:9080/a?b=1") == b"/a?b=1"
     assert decision.upstream_target(b"http://ratings:9080") == b"/"
     assert decision.upstream_target(b"/plain") == b"/plain"
+
+
+def test_prefix_rewrite_uses_the_first_matching_block_even_before_a_catch_all() -> None:
+    routes = compile_rules(
+        [
+            {
+                "match": [{"path": {"prefix": "/api"}, "method": "GET"}, {}],
+                "rewrite": {"prefix": "/v2"},
+                "backends": [{"subset": "v1"}],
+            }
+        ]
+    )
+    got = pick(routes, b"/api/users", b"GET")
+    assert got is not None and got.upstream_target(b"/api/users") == b"/v2/users"
+    other = pick(routes, b"/api/users", b"POST")
+    assert other is not None and other.upstream_target(b"/api/users") == b"/v2/api/users"

@@ -9,6 +9,7 @@ import pytest
 from meshproxy.routing.split import (
     BUCKETS,
     backend_index,
+    fastest_split_bucket,
     fnv1a_64,
     random_bucket,
     split_bounds,
@@ -45,6 +46,9 @@ def test_split_bucket_values_are_pinned_for_every_sidecar() -> None:
     keys = (b"", b"user-1", b"user-2", b"10.0.0.7")
     assert [split_bucket(k) for k in keys] == [9367, 2563, 6638, 4252]
     assert all(0 <= split_bucket(k) < BUCKETS for k in seeded_keys(2000, 1))
+    # The implementation routing uses (the fast path's, once it has one) agrees.
+    fastest = fastest_split_bucket()
+    assert [fastest(k) for k in keys] == [9367, 2563, 6638, 4252]
 
 
 def test_buckets_are_uniform_over_100k_random_keys() -> None:
