@@ -10,8 +10,8 @@ Why ``pick`` is cheap: every change of endpoint state (health, ejection,
 breaker) goes through ``UpstreamService.state_changed``, which marks the
 clusters dirty; the next ``pick`` rebuilds the candidate lists once.  Changes
 due with time alone (un-ejection, breaker half-open, outlier sweeps) are found
-by comparing ``now`` with one precomputed deadline.  The common pick is two
-comparisons, two attribute tests and the balancer's own pick.
+by comparing ``now`` with one precomputed deadline.  The common pick is one
+comparison, two flag tests and the balancer's own pick.
 
 How candidates are chosen, in order:
 * panic: when fewer than ``healthy_panic_threshold`` percent of the cluster's

@@ -106,12 +106,14 @@ class EndpointState:
         )
 
     def ring_hashes(self, count: int) -> list[int]:
-        """The first ``count`` ring points of this endpoint.  They depend only on
-        the endpoint's name, so every rebuild (and every sidecar) puts them at
-        the same places; cached because rings are rebuilt on every health change."""
+        """The first ``count`` ring points of this endpoint, 32-bit like the key
+        hash.  They depend only on the endpoint's name, so every rebuild (and
+        every sidecar) puts them at the same places; cached because rings are
+        rebuilt on every health change.  blake2b rather than CRC-32 here: CRC
+        places the points of similar names unevenly, and this runs once."""
         ring = self._ring
         for i in range(len(ring), count):
-            digest = hashlib.blake2b(f"{self.name}_{i}".encode(), digest_size=8).digest()
+            digest = hashlib.blake2b(f"{self.name}_{i}".encode(), digest_size=4).digest()
             ring.append(int.from_bytes(digest, "big"))
         return ring[:count]
 
