@@ -9,6 +9,7 @@ endpoint inside the subset belongs to ``meshproxy.upstream``.
 """
 
 from meshproxy.routing.actions import FaultAction, FaultPolicy, HeaderEdit, fault_for
+from meshproxy.routing.match import hash_key
 from meshproxy.routing.retry import (
     CONNECT_FAILURE,
     IDEMPOTENT_METHODS,
@@ -47,6 +48,7 @@ __all__ = [
     "Target",
     "backoff",
     "fault_for",
+    "hash_key",
     "mirror_for",
     "should_retry",
     "split_bucket",

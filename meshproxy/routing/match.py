@@ -193,6 +193,25 @@ def first_header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | Non
     return None
 
 
+def hash_key(
+    headers: list[tuple[bytes, bytes]],
+    client_address: str,
+    header: bytes | None,
+    cookie: bytes | None,
+    client: bool,
+) -> bytes | None:
+    """The split or hash key a ``hash_on`` names (``header`` lower-case), or
+    None when the request does not carry it.  One rule for every room that
+    hashes requests (route splits, consistent-hash balancing)."""
+    if header is not None:
+        return first_header(headers, header)
+    if cookie is not None:
+        return cookie_value(headers, cookie)
+    if client and client_address:
+        return client_address.encode()
+    return None
+
+
 class MatchBlock:
     """One compiled match block: all of its conditions must hold."""
 

@@ -32,8 +32,7 @@ from meshproxy.routing.actions import FaultPolicy, HeaderEdit, chosen, replace_p
 from meshproxy.routing.match import (
     MatchBlock,
     RequestView,
-    cookie_value,
-    first_header,
+    hash_key,
     host_without_port,
 )
 from meshproxy.routing.retry import RetryPolicy
@@ -208,13 +207,9 @@ class CompiledRule:
         decisions = self.decisions[block]
         if self.only >= 0:
             return decisions[self.only]
-        key: bytes | None = None
-        if self.hash_header is not None:
-            key = first_header(headers, self.hash_header)
-        elif self.hash_cookie is not None:
-            key = cookie_value(headers, self.hash_cookie)
-        elif self.hash_client and client_address:
-            key = client_address.encode()
+        key = hash_key(
+            headers, client_address, self.hash_header, self.hash_cookie, self.hash_client
+        )
         bucket = _split_bucket(key) if key is not None else random_bucket(rand())
         return decisions[bisect_right(self.bounds, bucket)]
 

@@ -182,3 +182,30 @@ def test_bootstrap_errors_carry_file_line_and_snapshot_path() -> None:
             "the per-try timeout is longer than the route timeout",
         )
     ]
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "words"),
+    [
+        ({"match": [{"method": "GE T"}]}, ("match", 0, "method"), "not a valid HTTP token"),
+        ({"match": [{"headers": {"x a": {"present": True}}}]}, ("match", 0, "headers"), "token"),
+        (
+            {"match": [{"path": {"exact": "/a", "prefix": "/"}}]},
+            ("match", 0, "path"),
+            "exactly one",
+        ),
+        ({"match": [{"path": {"present": True}}]}, ("match", 0, "path", "present"), "always"),
+        ({"retries": {"backoff": {"base": "0ms"}}}, ("retries", "backoff", "base"), "above zero"),
+        ({"rewrite": {"prefix": "v2"}}, ("rewrite", "prefix"), "starts with '/'"),
+        ({"rewrite": {"host": "a b"}}, ("rewrite", "host"), "not a host"),
+        ({"mirror": {"percent": 5}}, ("mirror",), "needs a subset, a service"),
+        ({"fault": {}}, ("fault",), "needs a delay, an abort"),
+        ({"fault": {"abort": {"status": 99}}}, ("fault", "abort", "status"), "greater than"),
+    ],
+)
+def test_malformed_rule_fields_are_refused_at_their_path(
+    rule: dict[str, Any], field: tuple[str | int, ...], words: str
+) -> None:
+    loc, msg = refusal(rule)
+    assert loc == (*PREFIX, *field)
+    assert words in msg

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from meshproxy.routing.match import RequestView, cookie_value, host_without_port, request_path
+from meshproxy.routing.match import (
+    RequestView,
+    cookie_value,
+    hash_key,
+    host_without_port,
+    request_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -56,3 +62,13 @@ def test_header_values_ignore_case_of_names_and_keep_order() -> None:
     assert view.header_values(b"x-a") == [b"1", b"3"]
     assert view.header_values(b"x-a") is view.header_values(b"x-a")
     assert view.header_values(b"x-c") == []
+
+
+def test_hash_key_comes_from_the_named_source_only() -> None:
+    headers = [(b"X-User", b"ann"), (b"Cookie", b"sid=42")]
+    assert hash_key(headers, "10.0.0.1", b"x-user", None, False) == b"ann"
+    assert hash_key(headers, "10.0.0.1", None, b"sid", False) == b"42"
+    assert hash_key(headers, "10.0.0.1", None, None, True) == b"10.0.0.1"
+    assert hash_key(headers, "", None, None, True) is None
+    assert hash_key(headers, "10.0.0.1", b"x-team", None, False) is None
+    assert hash_key(headers, "10.0.0.1", None, None, False) is None
