@@ -1,23 +1,16 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """HTTP/1.1 head parsing and chunk framing, compiled with Cython (twin of ``_fastpath_py``).
 
-PROVISIONAL: a first cut that fixes the API; the strict implementation replaces
-the bodies, not the names.
-
-API (both implementations export exactly these names):
-
-* ``parse_request_head(buf, start=0, max_head=61440, max_headers=100)``
-  -> ``(RequestHead, end)`` or ``None`` when the head is not complete yet.
-  ``end`` is the offset just past the blank line.  Raises ``ParseError``.
-* ``parse_response_head(buf, start=0, request_method=b"GET", max_head=..., max_headers=...)``
-  -> ``(ResponseHead, end)`` or ``None``.  Body framing depends on the request
-  method (HEAD, CONNECT) and the status (1xx, 204, 304), RFC 9112 section 6.3.
-* ``ChunkedDecoder().feed(data) -> (pieces, consumed)``: payload pieces decoded
-  from ``data`` and how many bytes of ``data`` belonged to the chunked body;
-  bytes past ``consumed`` exist only once ``done`` is true (the next message).
-* ``BODY_NONE / BODY_LENGTH / BODY_CHUNKED / BODY_UNTIL_CLOSE / BODY_TUNNEL``.
+Same names, same behaviour and same errors as ``_fastpath_py``, whose docstring
+is the reference for the API and the framing policy.  The algorithm is the
+twin's, step for step; only the scanning is done over ``const unsigned char*``
+with 256-entry class tables, and heads are ``cdef class`` objects.  Rare paths
+(transfer codings, target forms, helpers) are the twin's Python code compiled.
 """
 
-from __future__ import annotations
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.string cimport memchr, memcmp
 
 __all__ = [
     "BODY_CHUNKED",
@@ -25,250 +18,717 @@ __all__ = [
     "BODY_NONE",
     "BODY_TUNNEL",
     "BODY_UNTIL_CLOSE",
+    "DEFAULT_MAX_HEAD",
+    "DEFAULT_MAX_HEADERS",
     "ChunkedDecoder",
     "ParseError",
     "RequestHead",
     "ResponseHead",
+    "end_to_end_headers",
+    "header_value",
+    "is_field_value",
+    "is_hop_by_hop",
+    "is_token",
+    "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
 ]
 
-BODY_NONE = 0
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-BODY_UNTIL_CLOSE = 3  # responses only: the body ends when the connection closes
-BODY_TUNNEL = 4  # after a 101 or a 2xx to CONNECT: raw bytes both ways
+cdef enum:
+    C_BODY_NONE = 0
+    C_BODY_LENGTH = 1
+    C_BODY_CHUNKED = 2
+    C_BODY_UNTIL_CLOSE = 3
+    C_BODY_TUNNEL = 4
+
+BODY_NONE = C_BODY_NONE
+BODY_LENGTH = C_BODY_LENGTH
+BODY_CHUNKED = C_BODY_CHUNKED
+BODY_UNTIL_CLOSE = C_BODY_UNTIL_CLOSE  # responses only: the body ends when the connection closes
+BODY_TUNNEL = C_BODY_TUNNEL  # after a 101 or a 2xx to CONNECT: raw bytes both ways
 
 DEFAULT_MAX_HEAD = 61440
 DEFAULT_MAX_HEADERS = 100
 
+cdef long long MAX_CONTENT_LENGTH = 9223372036854775807
+cdef int MAX_CHUNK_EXT = 4096
+
+_ALPHA = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_DIGIT = b"0123456789"
+_TOKEN = _ALPHA + _DIGIT + b"!#$%&'*+-.^_`|~"
+_VCHAR = bytes(range(0x21, 0x7F))
+_FIELD_VALUE = b"\t " + _VCHAR + bytes(range(0x80, 0x100))
+_HOST = _ALPHA + _DIGIT + b"-._~%!$&'()*+,;=:[]"
+_SCHEME = _ALPHA + _DIGIT + b"+-."
+_HEX = b"0123456789abcdefABCDEF"
+_OWS = b" \t"
+
+# Class tables: C_X[c] is 1 when byte c belongs to class X.
+cdef unsigned char C_TOKEN[256]
+cdef unsigned char C_VALUE[256]
+cdef unsigned char C_VCHAR[256]
+cdef unsigned char C_HOST[256]
+cdef unsigned char C_QDTEXT[256]
+cdef unsigned char C_ESCAPABLE[256]
+cdef signed char C_HEX[256]
+
+
+cdef void _fill(unsigned char* table, bytes members):
+    cdef const unsigned char* m = members
+    cdef Py_ssize_t i
+    for i in range(256):
+        table[i] = 0
+    for i in range(len(members)):
+        table[m[i]] = 1
+
+
+_fill(C_TOKEN, _TOKEN)
+_fill(C_VALUE, _FIELD_VALUE)
+_fill(C_VCHAR, _VCHAR)
+_fill(C_HOST, _HOST)
+_fill(C_QDTEXT, b"\t !" + bytes(range(0x23, 0x5C)) + bytes(range(0x5D, 0x7F)) + bytes(range(0x80, 0x100)))
+_fill(C_ESCAPABLE, _FIELD_VALUE)
+for _i in range(256):
+    C_HEX[_i] = int(chr(_i), 16) if _i in _HEX else -1
+
+_HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    )
+)
+
 
 class ParseError(Exception):
     """A message refused.  ``status`` is the HTTP status to answer with
-    (400, 431, 501, 505); ``reason`` is short and safe to send on the wire."""
+    (400, 431, 501, 505; 502 for responses); ``reason`` is short and safe to
+    send on the wire."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status, reason):
         super().__init__(status, reason)
         self.status = status
         self.reason = reason
 
-    def __str__(self) -> str:
+    def __str__(self):
         return f"{self.status} {self.reason}"
 
 
-class RequestHead:
-    """A parsed request head.  Header names keep their original case; values
-    have surrounding whitespace removed.  ``connection`` holds the lower-cased
-    tokens of every Connection header (hop-by-hop names to drop)."""
+cdef class RequestHead:
+    """A parsed request head (see ``_fastpath_py.RequestHead``)."""
 
-    __slots__ = (
-        "body",
-        "connection",
-        "content_length",
-        "expect_continue",
-        "headers",
-        "host",
-        "keep_alive",
-        "method",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    method: bytes
-    target: bytes
-    version: int  # 10 for HTTP/1.0, 11 for HTTP/1.1
-    headers: list[tuple[bytes, bytes]]
-    body: int  # BODY_NONE, BODY_LENGTH or BODY_CHUNKED
-    content_length: int  # -1 unless body == BODY_LENGTH
-    keep_alive: bool
-    connection: tuple[bytes, ...]
-    upgrade: bytes | None  # the Upgrade value when Connection names "upgrade"
-    expect_continue: bool
-    host: bytes | None
+    cdef public bytes method
+    cdef public bytes target
+    cdef public int version
+    cdef public list headers
+    cdef public int body
+    cdef public long long content_length
+    cdef public bint keep_alive
+    cdef public tuple connection
+    cdef public object upgrade
+    cdef public bint expect_continue
+    cdef public object host
 
 
-class ResponseHead:
-    """A parsed response head; same conventions as ``RequestHead``."""
+cdef class ResponseHead:
+    """A parsed response head (see ``_fastpath_py.ResponseHead``)."""
 
-    __slots__ = (
-        "body",
-        "connection",
-        "content_length",
-        "headers",
-        "keep_alive",
-        "reason",
-        "status",
-        "version",
-    )
-
-    version: int
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: int
-    content_length: int
-    keep_alive: bool
-    connection: tuple[bytes, ...]
+    cdef public int version
+    cdef public int status
+    cdef public bytes reason
+    cdef public list headers
+    cdef public int body
+    cdef public long long content_length
+    cdef public bint keep_alive
+    cdef public tuple connection
 
 
-def _split_lines(buf: bytes | bytearray, start: int, max_head: int) -> tuple[list[bytes], int] | None:
-    end = buf.find(b"\r\n\r\n", start)
-    if end < 0:
-        if len(buf) - start > max_head:
-            raise ParseError(431, "request header fields too large")
-        return None
-    if end + 4 - start > max_head:
-        raise ParseError(431, "request header fields too large")
-    return bytes(buf[start:end]).split(b"\r\n"), end + 4
+cdef inline bint _all_in(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, const unsigned char* table):
+    while a < b:
+        if not table[p[a]]:
+            return False
+        a += 1
+    return True
 
 
-def _headers(lines: list[bytes], max_headers: int) -> list[tuple[bytes, bytes]]:
-    if len(lines) > max_headers:
-        raise ParseError(431, "too many header fields")
-    out: list[tuple[bytes, bytes]] = []
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ParseError(400, "invalid header field")
-        out.append((name, value.strip(b" \t")))
+cdef inline bint _lower_eq(const unsigned char* p, Py_ssize_t a, const char* lname, Py_ssize_t size):
+    cdef Py_ssize_t i
+    cdef unsigned char c
+    for i in range(size):
+        c = p[a + i]
+        if 65 <= c <= 90:
+            c += 32
+        if c != <unsigned char>lname[i]:
+            return False
+    return True
+
+
+cdef const unsigned char* _pointer(object buf, Py_ssize_t* size) except NULL:
+    if isinstance(buf, bytes):
+        size[0] = PyBytes_GET_SIZE(buf)
+        return <const unsigned char*>PyBytes_AS_STRING(buf)
+    if isinstance(buf, bytearray):
+        size[0] = PyByteArray_GET_SIZE(buf)
+        return <const unsigned char*>PyByteArray_AS_STRING(buf)
+    raise TypeError("a bytes or bytearray buffer is required")
+
+
+cdef inline Py_ssize_t _find_crlf(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    """Offset of the first CRLF in p[a:b], or -1."""
+    cdef const unsigned char* hit
+    while a + 1 < b:
+        hit = <const unsigned char*>memchr(p + a, 13, b - a - 1)
+        if hit == NULL:
+            return -1
+        a = hit - p
+        if p[a + 1] == 10:
+            return a
+        a += 1
+    return -1
+
+
+cdef inline Py_ssize_t _rfind_crlf(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    cdef Py_ssize_t i = b - 2
+    while i >= a:
+        if p[i] == 13 and p[i + 1] == 10:
+            return i
+        i -= 1
+    return -1
+
+
+cdef inline Py_ssize_t _find_blank(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    """Offset of the first CRLFCRLF in p[a:b], or -1."""
+    cdef Py_ssize_t i = _find_crlf(p, a, b)
+    while i >= 0:
+        if i + 3 < b and p[i + 2] == 13 and p[i + 3] == 10:
+            return i
+        i = _find_crlf(p, i + 2, b)
+    return -1
+
+
+cdef class _Fields:
+    cdef long long content_length
+    cdef list te
+    cdef list connection
+    cdef object host
+    cdef bint has_host
+    cdef bint expect
+    cdef list upgrade
+
+
+cdef long long _content_length(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status) except -2:
+    cdef long long value = 0
+    if a == b or b - a > 19:
+        raise ParseError(status, "invalid content-length")
+    while a < b:
+        if not 48 <= p[a] <= 57:
+            raise ParseError(status, "invalid content-length")
+        if value > (MAX_CONTENT_LENGTH - (p[a] - 48)) // 10:
+            raise ParseError(status, "invalid content-length")
+        value = value * 10 + (p[a] - 48)
+        a += 1
+    return value
+
+
+def _list_tokens(bytes value, int status, str what):
+    out = []
+    for item in value.split(b","):
+        item = item.strip(_OWS)
+        if item:
+            if item.translate(None, _TOKEN):
+                raise ParseError(status, f"invalid {what}")
+            out.append(item.lower())
     return out
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, tuple[bytes, ...]]:
-    body, length, conn = BODY_NONE, -1, []
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"content-length":
-            if not value.isdigit() or (length >= 0 and int(value) != length):
-                raise ParseError(400, "invalid content-length")
-            body, length = BODY_LENGTH, int(value)
-        elif lname == b"transfer-encoding":
-            if value.lower().rsplit(b",", 1)[-1].strip() != b"chunked":
-                raise ParseError(501, "unsupported transfer-encoding")
-            body = BODY_CHUNKED
-        elif lname == b"connection":
-            conn.extend(t.strip().lower() for t in value.split(b","))
-    return body, length, tuple(conn)
+def _codings(bytes value, int status):
+    out = []
+    for item in value.split(b","):
+        name, semi, _ = item.partition(b";")
+        name = name.strip(_OWS)
+        if not name and not semi:
+            continue
+        if not name or name.translate(None, _TOKEN):
+            raise ParseError(status, "invalid transfer-encoding")
+        name = name.lower()
+        if semi and name == b"chunked":
+            raise ParseError(status, "invalid transfer-encoding")
+        out.append(name)
+    return out
+
+
+cdef tuple _field_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status):
+    """(name, value) of the field line p[a:b]; the twin's ``_field_line``."""
+    cdef const unsigned char* hit = <const unsigned char*>memchr(p + a, 58, b - a)
+    cdef Py_ssize_t colon = -1 if hit == NULL else hit - p
+    cdef Py_ssize_t v, e
+    if colon <= a:
+        if a < b and (p[a] == 32 or p[a] == 9):
+            raise ParseError(status, "obsolete line folding")
+        raise ParseError(status, "invalid header field")
+    if not _all_in(p, a, colon, C_TOKEN):
+        raise ParseError(status, "invalid header name")
+    v = colon + 1
+    e = b
+    while v < e and (p[v] == 32 or p[v] == 9):
+        v += 1
+    while e > v and (p[e - 1] == 32 or p[e - 1] == 9):
+        e -= 1
+    if not _all_in(p, v, e, C_VALUE):
+        raise ParseError(status, "invalid header value")
+    return (
+        PyBytes_FromStringAndSize(<const char*>p + a, colon - a),
+        PyBytes_FromStringAndSize(<const char*>p + v, e - v),
+    )
+
+
+cdef _Fields _field_lines(
+    const unsigned char* p, Py_ssize_t a, Py_ssize_t b, list headers, Py_ssize_t max_headers,
+    int status, int size_status,
+):
+    """Fields of the lines in p[a:b] (separated by CRLF), appended to headers;
+    the twin's ``_field_lines``."""
+    cdef Py_ssize_t count = 1, i = _find_crlf(p, a, b), stop, size
+    cdef _Fields info = _Fields()
+    cdef long long length
+    cdef tuple field
+    cdef bytes name, value
+    while i >= 0:
+        count += 1
+        i = _find_crlf(p, i + 2, b)
+    if count > max_headers:
+        raise ParseError(size_status, "too many header fields")
+    info.content_length = -1
+    info.connection = []
+    while True:
+        stop = _find_crlf(p, a, b)
+        if stop < 0:
+            stop = b
+        field = _field_line(p, a, stop, status)
+        headers.append(field)
+        size = PyBytes_GET_SIZE(field[0])
+        if size == 14 and _lower_eq(p, a, b"content-length", 14):
+            value = field[1]
+            length = _content_length(<const unsigned char*>PyBytes_AS_STRING(value), 0,
+                                     PyBytes_GET_SIZE(value), status)
+            if info.content_length >= 0 and length != info.content_length:
+                raise ParseError(status, "conflicting content-length")
+            if info.te is not None:
+                raise ParseError(status, "both transfer-encoding and content-length")
+            info.content_length = length
+        elif size == 17 and _lower_eq(p, a, b"transfer-encoding", 17):
+            if info.content_length >= 0:
+                raise ParseError(status, "both transfer-encoding and content-length")
+            if info.te is None:
+                info.te = []
+            info.te.extend(_codings(field[1], status))
+        elif size == 10 and _lower_eq(p, a, b"connection", 10):
+            info.connection.extend(_list_tokens(field[1], status, "connection"))
+        elif size == 4 and status == 400 and _lower_eq(p, a, b"host", 4):
+            if info.has_host:
+                raise ParseError(400, "more than one host")
+            value = field[1]
+            if not _all_in(<const unsigned char*>PyBytes_AS_STRING(value), 0,
+                           PyBytes_GET_SIZE(value), C_HOST):
+                raise ParseError(400, "invalid host")
+            info.host = value
+            info.has_host = True
+        elif size == 6 and _lower_eq(p, a, b"expect", 6):
+            info.expect = info.expect or field[1].lower() == b"100-continue"
+        elif size == 7 and _lower_eq(p, a, b"upgrade", 7):
+            if info.upgrade is None:
+                info.upgrade = []
+            info.upgrade.append(field[1])
+        if stop == b:
+            return info
+        a = stop + 2
+
+
+cdef bint _transfer_coding(list te, int status) except -1:
+    if not te:
+        raise ParseError(status, "invalid transfer-encoding")
+    if te.count(b"chunked") > 1:
+        raise ParseError(status, "chunked applied more than once")
+    return te[len(te) - 1] == b"chunked"
+
+
+cdef int _version(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status) except -1:
+    if b - a == 8 and memcmp(p + a, b"HTTP/1.", 7) == 0:
+        if p[a + 7] == 49:
+            return 11
+        if p[a + 7] == 48:
+            return 10
+    if (
+        b - a == 8
+        and memcmp(p + a, b"HTTP/", 5) == 0
+        and 48 <= p[a + 5] <= 57
+        and p[a + 6] == 46
+        and 48 <= p[a + 7] <= 57
+    ):
+        raise ParseError(505 if status == 400 else status, "http version not supported")
+    raise ParseError(status, "invalid http version")
+
+
+cdef int _version_prefix(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status) except -1:
+    cdef Py_ssize_t i
+    cdef bint ok
+    if b - a > 8:
+        raise ParseError(status, "invalid http version")
+    if b - a == 8:
+        _version(p, a, b, status)
+        return 0
+    for i in range(b - a):
+        if i < 5:
+            ok = p[a + i] == b"HTTP/"[i]
+        elif i == 6:
+            ok = p[a + i] == 46
+        else:
+            ok = 48 <= p[a + i] <= 57
+        if not ok:
+            raise ParseError(status, "invalid http version")
+    return 0
+
+
+def _check_target(bytes method, bytes target):
+    if not target or target.translate(None, _VCHAR):
+        raise ParseError(400, "invalid request target")
+    if method == b"CONNECT":
+        host, colon, port = target.rpartition(b":")
+        if (
+            not colon
+            or not host
+            or not port
+            or port.translate(None, _DIGIT)
+            or len(port) > 5
+            or host.translate(None, _HOST)
+            or b"@" in host
+        ):
+            raise ParseError(400, "invalid connect target")
+    elif target[0] == 47:
+        return
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise ParseError(400, "invalid request target")
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or not scheme or scheme[0] not in _ALPHA or scheme.translate(None, _SCHEME):
+            raise ParseError(400, "invalid request target")
+        end = len(rest)
+        for stop in b"/?#":
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        if b"@" in rest[:end]:
+            raise ParseError(400, "userinfo in request target")
+
+
+cdef int _check_partial_field(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status) except -1:
+    cdef const unsigned char* hit
+    cdef Py_ssize_t colon
+    if b > a and p[b - 1] == 13:
+        b -= 1
+    if a == b:
+        return 0
+    if p[a] == 32 or p[a] == 9:
+        raise ParseError(status, "obsolete line folding")
+    hit = <const unsigned char*>memchr(p + a, 58, b - a)
+    colon = -1 if hit == NULL else hit - p
+    if colon == a or not _all_in(p, a, b if colon < 0 else colon, C_TOKEN):
+        raise ParseError(status, "invalid header name")
+    if colon > a and not _all_in(p, colon + 1, b, C_VALUE):
+        raise ParseError(status, "invalid header value")
+    return 0
+
+
+cdef Py_ssize_t _skip_empty_lines(
+    const unsigned char* p, Py_ssize_t n, Py_ssize_t start, Py_ssize_t max_head, int size_status
+) except -1:
+    cdef Py_ssize_t pos = start
+    while pos + 1 < n and p[pos] == 13 and p[pos + 1] == 10:
+        pos += 2
+        if pos - start > max_head:
+            raise ParseError(size_status, "header section too large")
+    return pos
+
+
+cdef tuple _request_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    cdef const unsigned char* hit = <const unsigned char*>memchr(p + a, 32, b - a)
+    cdef Py_ssize_t sp1 = -1 if hit == NULL else hit - p, sp2 = -1
+    cdef bytes method, target
+    if sp1 > a:
+        hit = <const unsigned char*>memchr(p + sp1 + 1, 32, b - sp1 - 1)
+        sp2 = -1 if hit == NULL else hit - p
+    if sp2 < 0:
+        raise ParseError(400, "invalid request line")
+    if not _all_in(p, a, sp1, C_TOKEN):
+        raise ParseError(400, "invalid method")
+    method = PyBytes_FromStringAndSize(<const char*>p + a, sp1 - a)
+    target = PyBytes_FromStringAndSize(<const char*>p + sp1 + 1, sp2 - sp1 - 1)
+    if sp2 - sp1 - 1 < 1 or not _all_in(p, sp1 + 1, sp2, C_VCHAR):
+        raise ParseError(400, "invalid request target")
+    if p[sp1 + 1] != 47 or (sp1 - a == 7 and memcmp(p + a, b"CONNECT", 7) == 0):
+        _check_target(method, target)
+    return method, target, _version(p, sp2 + 1, b, 400)
+
+
+cdef int _partial_request_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
+    cdef Py_ssize_t i = a
+    if b > a and p[b - 1] == 13:
+        b -= 1
+    while i < b and p[i] != 32:
+        if not C_TOKEN[p[i]]:
+            raise ParseError(400, "invalid method")
+        i += 1
+    if i == b:
+        return 0
+    if i == a:
+        raise ParseError(400, "invalid method")
+    a = i = i + 1
+    while i < b and p[i] != 32:
+        if not C_VCHAR[p[i]]:
+            raise ParseError(400, "invalid request target")
+        i += 1
+    if i == b:
+        return 0
+    if i == a:
+        raise ParseError(400, "invalid request target")
+    return _version_prefix(p, i + 1, b, 400)
 
 
 def parse_request_head(
-    buf: bytes | bytearray,
-    start: int = 0,
-    max_head: int = DEFAULT_MAX_HEAD,
-    max_headers: int = DEFAULT_MAX_HEADERS,
-) -> tuple[RequestHead, int] | None:
-    got = _split_lines(buf, start, max_head)
-    if got is None:
+    buf, Py_ssize_t start=0, Py_ssize_t max_head=DEFAULT_MAX_HEAD,
+    Py_ssize_t max_headers=DEFAULT_MAX_HEADERS,
+):
+    cdef Py_ssize_t n, pos, end, first, last
+    cdef const unsigned char* p = _pointer(buf, &n)
+    cdef RequestHead head
+    cdef _Fields info
+    cdef tuple line
+    cdef list headers
+    if start < 0 or start > n:
+        raise ValueError("start is outside the buffer")
+    pos = _skip_empty_lines(p, n, start, max_head, 431)
+    end = _find_blank(p, pos, n)
+    if end < 0:
+        if n - start > max_head:
+            raise ParseError(431, "header section too large")
+        first = _find_crlf(p, pos, n)
+        if first < 0:
+            _partial_request_line(p, pos, n)
+        else:
+            _request_line(p, pos, first)
+            last = _rfind_crlf(p, pos, n)
+            if last > first:
+                _field_lines(p, first + 2, last, [], max_headers, 400, 431)
+            _check_partial_field(p, last + 2, n, 400)
         return None
-    lines, end = got
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise ParseError(400, "invalid request line")
-    head = RequestHead()
-    head.method, head.target = parts[0], parts[1]
-    head.version = 11 if parts[2] == b"HTTP/1.1" else 10
-    head.headers = _headers(lines[1:], max_headers)
-    head.body, head.content_length, head.connection = _framing(head.headers)
-    head.keep_alive = (
-        b"close" not in head.connection if head.version == 11 else b"keep-alive" in head.connection
-    )
-    head.host = next((v for n, v in head.headers if n.lower() == b"host"), None)
-    head.expect_continue = any(
-        n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in head.headers
-    )
-    head.upgrade = None
-    if b"upgrade" in head.connection:
-        head.upgrade = next((v for n, v in head.headers if n.lower() == b"upgrade"), None)
-    return head, end
+    if end + 4 - start > max_head:
+        raise ParseError(431, "header section too large")
+    first = _find_crlf(p, pos, end + 2)
+    line = _request_line(p, pos, first)
+    head = RequestHead.__new__(RequestHead)
+    head.method = line[0]
+    head.target = line[1]
+    head.version = line[2]
+    headers = []
+    if first < end:
+        info = _field_lines(p, first + 2, end, headers, max_headers, 400, 431)
+    else:
+        info = _Fields()
+        info.content_length = -1
+        info.connection = []
+    head.headers = headers
+    conn = tuple(info.connection) if info.connection else ()
+    head.connection = conn
+    head.body = C_BODY_NONE
+    head.content_length = -1
+    if info.te is not None:
+        if head.version == 10:
+            raise ParseError(400, "transfer-encoding in http/1.0")
+        if not _transfer_coding(info.te, 400):
+            raise ParseError(501, "unsupported transfer-encoding")
+        head.body = C_BODY_CHUNKED
+    elif info.content_length >= 0:
+        head.body = C_BODY_LENGTH
+        head.content_length = info.content_length
+    if head.method == b"CONNECT":
+        head.body = C_BODY_NONE
+        head.content_length = -1
+    if info.has_host:
+        head.host = info.host
+    elif head.version == 11:
+        raise ParseError(400, "missing host")
+    if head.version == 11:
+        head.keep_alive = b"close" not in conn
+    else:
+        head.keep_alive = b"keep-alive" in conn and b"close" not in conn
+    head.expect_continue = info.expect
+    if info.upgrade is not None and b"upgrade" in conn:
+        head.upgrade = b", ".join(info.upgrade)
+    return head, end + 4
+
+
+cdef tuple _status_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b):
+    cdef int version = _version(p, a, a + 8 if b - a > 8 else b, 502)
+    cdef Py_ssize_t i
+    if (
+        b - a < 12
+        or p[a + 8] != 32
+        or not (48 <= p[a + 9] <= 57 and 48 <= p[a + 10] <= 57 and 48 <= p[a + 11] <= 57)
+        or p[a + 9] == 48
+    ):
+        raise ParseError(502, "invalid status line")
+    if b - a > 12 and p[a + 12] != 32:
+        raise ParseError(502, "invalid status line")
+    i = a + 13 if b - a > 13 else b
+    if not _all_in(p, i, b, C_VALUE):
+        raise ParseError(502, "invalid reason phrase")
+    status = (p[a + 9] - 48) * 100 + (p[a + 10] - 48) * 10 + (p[a + 11] - 48)
+    return version, status, PyBytes_FromStringAndSize(<const char*>p + i, b - i)
+
+
+cdef int _partial_status_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b) except -1:
+    cdef Py_ssize_t i
+    if b > a and p[b - 1] == 13:
+        b -= 1
+    _version_prefix(p, a, a + 8 if b - a > 8 else b, 502)
+    if b - a > 8:
+        if p[a + 8] != 32 or (b - a > 9 and p[a + 9] == 48):
+            raise ParseError(502, "invalid status line")
+        for i in range(a + 9, a + 12 if b - a > 12 else b):
+            if not 48 <= p[i] <= 57:
+                raise ParseError(502, "invalid status line")
+        if b - a > 12 and (p[a + 12] != 32 or not _all_in(p, a + 13, b, C_VALUE)):
+            raise ParseError(502, "invalid status line")
+    return 0
 
 
 def parse_response_head(
-    buf: bytes | bytearray,
-    start: int = 0,
-    request_method: bytes = b"GET",
-    max_head: int = DEFAULT_MAX_HEAD,
-    max_headers: int = DEFAULT_MAX_HEADERS,
-) -> tuple[ResponseHead, int] | None:
-    got = _split_lines(buf, start, max_head)
-    if got is None:
+    buf, Py_ssize_t start=0, bytes request_method=b"GET", Py_ssize_t max_head=DEFAULT_MAX_HEAD,
+    Py_ssize_t max_headers=DEFAULT_MAX_HEADERS,
+):
+    cdef Py_ssize_t n, pos, end, first, last
+    cdef const unsigned char* p = _pointer(buf, &n)
+    cdef ResponseHead head
+    cdef _Fields info
+    cdef tuple line
+    cdef list headers
+    cdef int status
+    if start < 0 or start > n:
+        raise ValueError("start is outside the buffer")
+    pos = _skip_empty_lines(p, n, start, max_head, 502)
+    end = _find_blank(p, pos, n)
+    if end < 0:
+        if n - start > max_head:
+            raise ParseError(502, "header section too large")
+        first = _find_crlf(p, pos, n)
+        if first < 0:
+            _partial_status_line(p, pos, n)
+        else:
+            _status_line(p, pos, first)
+            last = _rfind_crlf(p, pos, n)
+            if last > first:
+                _field_lines(p, first + 2, last, [], max_headers, 502, 502)
+            _check_partial_field(p, last + 2, n, 502)
         return None
-    lines, end = got
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ParseError(502, "invalid status line")
-    head = ResponseHead()
-    head.version = 11 if version == b"HTTP/1.1" else 10
-    head.status, head.reason = int(code), reason
-    head.headers = _headers(lines[1:], max_headers)
-    head.body, head.content_length, head.connection = _framing(head.headers)
-    head.keep_alive = (
-        b"close" not in head.connection if head.version == 11 else b"keep-alive" in head.connection
-    )
-    if head.status == 101 or (request_method == b"CONNECT" and 200 <= head.status < 300):
-        head.body = BODY_TUNNEL
-    elif request_method == b"HEAD" or head.status < 200 or head.status in (204, 304):
-        head.body, head.content_length = BODY_NONE, -1
-    elif head.body == BODY_NONE:
-        head.body = BODY_UNTIL_CLOSE
+    if end + 4 - start > max_head:
+        raise ParseError(502, "header section too large")
+    first = _find_crlf(p, pos, end + 2)
+    line = _status_line(p, pos, first)
+    head = ResponseHead.__new__(ResponseHead)
+    head.version = line[0]
+    head.status = status = line[1]
+    head.reason = line[2]
+    headers = []
+    if first < end:
+        info = _field_lines(p, first + 2, end, headers, max_headers, 502, 502)
+    else:
+        info = _Fields()
+        info.content_length = -1
+        info.connection = []
+    head.headers = headers
+    conn = tuple(info.connection) if info.connection else ()
+    head.connection = conn
+    if head.version == 11:
+        head.keep_alive = b"close" not in conn
+    else:
+        head.keep_alive = b"keep-alive" in conn and b"close" not in conn
+    head.body = C_BODY_UNTIL_CLOSE
+    head.content_length = -1
+    if info.te is not None:
+        if _transfer_coding(info.te, 502):
+            head.body = C_BODY_CHUNKED
+        if head.version == 10:
+            # RFC 9112 section 6.1: faulty framing; close after this message.
+            head.keep_alive = False
+    elif info.content_length >= 0:
+        head.body = C_BODY_LENGTH
+        head.content_length = info.content_length
+    if status == 101 or (request_method == b"CONNECT" and 200 <= status < 300):
+        head.body = C_BODY_TUNNEL
+        head.content_length = -1
+    elif request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
+        head.body = C_BODY_NONE
+        head.content_length = -1
+    elif head.body == C_BODY_UNTIL_CLOSE:
         head.keep_alive = False
-    return head, end
+    return head, end + 4
 
 
-class ChunkedDecoder:
-    """Incremental decoder of a chunked body; any split of the input works."""
+def is_token(bytes data):
+    """Whether ``data`` is a non-empty RFC 9110 token (a field name, a method)."""
+    return bool(data) and not data.translate(None, _TOKEN)
 
-    __slots__ = ("_buf", "_remaining", "done", "trailers")
 
-    def __init__(self) -> None:
-        self._buf = b""
-        self._remaining = -1  # bytes of chunk data still expected; -1: expecting a size line
-        self.done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
+def is_field_value(bytes data):
+    """Whether ``data`` may be sent as a field value: no CR, LF, NUL or other
+    controls except HTAB, and no leading or trailing whitespace."""
+    if data.translate(None, _FIELD_VALUE):
+        return False
+    return not data or (data[0] not in _OWS and data[len(data) - 1] not in _OWS)
 
-    def feed(self, data: bytes) -> tuple[list[bytes], int]:
-        pieces: list[bytes] = []
-        held = len(self._buf)
-        buf = self._buf + data
-        pos = 0
-        while not self.done:
-            if self._remaining > 0:
-                take = buf[pos : pos + self._remaining]
-                if not take:
-                    break
-                pieces.append(take)
-                pos += len(take)
-                self._remaining -= len(take)
-                continue
-            if self._remaining == 0:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ParseError(400, "invalid chunk data end")
-                pos += 2
-                self._remaining = -1
-                continue
-            nl = buf.find(b"\r\n", pos)
-            if nl < 0:
-                break
-            size_text = buf[pos:nl].split(b";", 1)[0]
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ParseError(400, "invalid chunk size") from None
-            pos = nl + 2
-            if size == 0:
-                end = buf.find(b"\r\n", pos)
-                while end > pos:
-                    end = buf.find(b"\r\n", end + 2)
-                if end < 0:
-                    pos = nl - len(buf[:nl]) + pos  # wait for trailers
-                    break
-                self.done = True
-                pos = end + 2
-                break
-            self._remaining = size
-        self._buf = buf[pos:] if not self.done else b""
-        consumed = pos - held if self.done else len(data)
-        return pieces, consumed
+
+def header_value(list headers, bytes lname):
+    """The first value of the field named ``lname`` (lower-case), or None."""
+    cdef Py_ssize_t size = len(lname)
+    cdef bytes name
+    for name, value in headers:
+        if PyBytes_GET_SIZE(name) == size and _lower_eq(
+            <const unsigned char*>PyBytes_AS_STRING(name), 0, PyBytes_AS_STRING(lname), size
+        ):
+            return value
+    return None
+
+
+def is_hop_by_hop(bytes lname, tuple connection):
+    """Whether the lower-cased field name ``lname`` belongs to one hop only."""
+    return lname in _HOP_BY_HOP or lname in connection
+
+
+def end_to_end_headers(list headers, tuple connection):
+    """``headers`` without the hop-by-hop fields, in their original order."""
+    return [(n, v) for n, v in headers if not is_hop_by_hop(n.lower(), connection)]
+
+
+def keep_alive_timeout(list headers):
+    """Seconds from ``Keep-Alive: timeout=N`` (the first field with a valid
+    one), or None."""
+    for name, value in headers:
+        if len(name) != 10 or name.lower() != b"keep-alive":
+            continue
+        for param in value.split(b","):
+            key, eq, number = param.partition(b"=")
+            if eq and key.strip(_OWS).lower() == b"timeout":
+                number = number.strip(_OWS).strip(b'"')
+                if number and len(number) <= 9 and not number.translate(None, _DIGIT):
+                    return float(int(number))
+    return None
+
+
+include "_fastpath_chunked.pxi"

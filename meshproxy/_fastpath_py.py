@@ -1,20 +1,60 @@
 """HTTP/1.1 head parsing and chunk framing, in pure Python (twin of ``_fastpath.pyx``).
 
-PROVISIONAL: a first cut that fixes the API; the strict implementation replaces
-the bodies, not the names.
+This room turns bytes into message heads and chunked bodies, strictly (RFC 9112,
+with llhttp's strict mode as the reference).  It holds no sockets, clocks or
+connection state: the caller owns the buffer and asks again when more arrives.
 
 API (both implementations export exactly these names):
 
 * ``parse_request_head(buf, start=0, max_head=61440, max_headers=100)``
   -> ``(RequestHead, end)`` or ``None`` when the head is not complete yet.
-  ``end`` is the offset just past the blank line.  Raises ``ParseError``.
+  ``end`` is the offset just past the blank line.  Empty lines before the
+  request line are skipped (RFC 9112 section 2.2).  Raises ``ParseError``
+  (400, 431 past ``max_head`` bytes or ``max_headers`` fields, 501 for a
+  transfer coding other than a final ``chunked``, 505 for ``HTTP/x.y`` other
+  than 1.0/1.1).  Errors in the request line and in the last, partial line are
+  reported before the head is complete.
 * ``parse_response_head(buf, start=0, request_method=b"GET", max_head=..., max_headers=...)``
   -> ``(ResponseHead, end)`` or ``None``.  Body framing depends on the request
   method (HEAD, CONNECT) and the status (1xx, 204, 304), RFC 9112 section 6.3.
-* ``ChunkedDecoder().feed(data) -> (pieces, consumed)``: payload pieces decoded
-  from ``data`` and how many bytes of ``data`` belonged to the chunked body;
-  bytes past ``consumed`` exist only once ``done`` is true (the next message).
+  Every refusal carries status 502 (the proxy's answer to a bad upstream).
+* ``ChunkedDecoder(max_trailer_size=61440, *, response=False).feed(data)
+  -> (pieces, consumed)``: payload pieces decoded from ``data`` and how many
+  bytes of ``data`` belonged to the chunked body (``len(data)`` until ``done``);
+  bytes past ``consumed`` are the next message.  Any split of the input works.
+  Trailer fields land in ``.trailers``.  Errors are 400 (431 for oversized
+  trailers), or 502 when ``response`` is true.
 * ``BODY_NONE / BODY_LENGTH / BODY_CHUNKED / BODY_UNTIL_CLOSE / BODY_TUNNEL``.
+* ``DEFAULT_MAX_HEAD``, ``DEFAULT_MAX_HEADERS``: the limits above.
+* ``header_value(headers, lname) -> bytes | None``: the first value of the
+  field whose lower-cased name is ``lname``.
+* ``is_hop_by_hop(lname, connection) -> bool``: whether a lower-cased field name
+  must not be forwarded (RFC 9110 section 7.6.1: the fixed list plus every name
+  listed in Connection; ``connection`` is ``head.connection``).
+* ``end_to_end_headers(headers, connection) -> list``: ``headers`` without the
+  hop-by-hop ones.
+* ``keep_alive_timeout(headers) -> float | None``: ``timeout=N`` of the first
+  Keep-Alive field that carries one.
+* ``is_token(data) -> bool`` and ``is_field_value(data) -> bool``: the
+  character rules the parser applies to field names and values, for other
+  rooms that accept header names or values from configuration.
+
+Framing policy (RFC 9112 sections 6.1-6.3), chosen to leave no ambiguity for a
+downstream hop:
+
+* Transfer-Encoding together with Content-Length is refused, in requests and in
+  responses, as llhttp's strict mode does: forwarding either reading lets a
+  peer that picks the other one see a second, smuggled message.
+* Several Content-Length fields with the same value are collapsed (RFC 9110
+  section 8.6); differing values, signs, non-digits, lists, empty values and
+  values over 2**63-1 are refused.
+* A request Transfer-Encoding whose final coding is not ``chunked`` is answered
+  501; ``chunked`` twice, or any Transfer-Encoding in an HTTP/1.0 request, is
+  400.  A response whose final coding is not ``chunked`` is read until close.
+* CONNECT requests have no body: their framing fields are checked, not used.
+* Request targets: origin-form, absolute-form (``scheme://authority...`` with no
+  userinfo), authority-form only for CONNECT, ``*`` only for OPTIONS; visible
+  ASCII only.  HTTP/1.1 requests need exactly one valid Host field.
 """
 
 from __future__ import annotations
@@ -25,10 +65,18 @@ __all__ = [
     "BODY_NONE",
     "BODY_TUNNEL",
     "BODY_UNTIL_CLOSE",
+    "DEFAULT_MAX_HEAD",
+    "DEFAULT_MAX_HEADERS",
     "ChunkedDecoder",
     "ParseError",
     "RequestHead",
     "ResponseHead",
+    "end_to_end_headers",
+    "header_value",
+    "is_field_value",
+    "is_hop_by_hop",
+    "is_token",
+    "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
 ]
@@ -42,10 +90,42 @@ BODY_TUNNEL = 4  # after a 101 or a 2xx to CONNECT: raw bytes both ways
 DEFAULT_MAX_HEAD = 61440
 DEFAULT_MAX_HEADERS = 100
 
+_MAX_CONTENT_LENGTH = 2**63 - 1
+_MAX_CHUNK_EXT = 4096  # bytes of extensions on one chunk-size line
+
+# Character classes as "delete tables": ``data.translate(None, _X)`` is empty
+# exactly when every byte of data belongs to class X (one C loop, no regex).
+_ALPHA = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_DIGIT = b"0123456789"
+_TOKEN = _ALPHA + _DIGIT + b"!#$%&'*+-.^_`|~"
+_VCHAR = bytes(range(0x21, 0x7F))
+_FIELD_VALUE = b"\t " + _VCHAR + bytes(range(0x80, 0x100))
+_HOST = _ALPHA + _DIGIT + b"-._~%!$&'()*+,;=:[]"
+_SCHEME = _ALPHA + _DIGIT + b"+-."
+_HEX = b"0123456789abcdefABCDEF"
+_OWS = b" \t"
+
+_HOP_BY_HOP = frozenset(
+    (
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    )
+)
+# Only fields with these name lengths can steer framing; others skip lower().
+_SPECIAL_LENGTHS = frozenset((4, 6, 7, 10, 14, 17))
+
 
 class ParseError(Exception):
     """A message refused.  ``status`` is the HTTP status to answer with
-    (400, 431, 501, 505); ``reason`` is short and safe to send on the wire."""
+    (400, 431, 501, 505; 502 for responses); ``reason`` is short and safe to
+    send on the wire."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(status, reason)
@@ -112,47 +192,261 @@ class ResponseHead:
     connection: tuple[bytes, ...]
 
 
-def _split_lines(
-    buf: bytes | bytearray, start: int, max_head: int
-) -> tuple[list[bytes], int] | None:
-    end = buf.find(b"\r\n\r\n", start)
-    if end < 0:
-        if len(buf) - start > max_head:
-            raise ParseError(431, "request header fields too large")
-        return None
-    if end + 4 - start > max_head:
-        raise ParseError(431, "request header fields too large")
-    return bytes(buf[start:end]).split(b"\r\n"), end + 4
+def is_token(data: bytes) -> bool:
+    """Whether ``data`` is a non-empty RFC 9110 token (a field name, a method)."""
+    return bool(data) and not data.translate(None, _TOKEN)
 
 
-def _headers(lines: list[bytes], max_headers: int) -> list[tuple[bytes, bytes]]:
-    if len(lines) > max_headers:
-        raise ParseError(431, "too many header fields")
-    out: list[tuple[bytes, bytes]] = []
-    for line in lines:
-        name, sep, value = line.partition(b":")
-        if not sep or not name or name != name.strip():
-            raise ParseError(400, "invalid header field")
-        out.append((name, value.strip(b" \t")))
+def is_field_value(data: bytes) -> bool:
+    """Whether ``data`` may be sent as a field value: no CR, LF, NUL or other
+    controls except HTAB, and no leading or trailing whitespace."""
+    if data.translate(None, _FIELD_VALUE):
+        return False
+    return not data or (data[0] not in _OWS and data[-1] not in _OWS)
+
+
+class _Fields:
+    """What the field lines of one head say about framing and routing."""
+
+    __slots__ = ("connection", "content_length", "expect", "hosts", "te", "upgrade")
+
+    def __init__(self) -> None:
+        self.content_length = -1
+        self.te: list[bytes] | None = None
+        self.connection: list[bytes] = []
+        self.hosts: list[bytes] = []
+        self.expect = False
+        self.upgrade: list[bytes] = []
+
+
+def _content_length(value: bytes, status: int) -> int:
+    if not value or value.translate(None, _DIGIT) or len(value) > 19:
+        raise ParseError(status, "invalid content-length")
+    length = int(value)
+    if length > _MAX_CONTENT_LENGTH:
+        raise ParseError(status, "invalid content-length")
+    return length
+
+
+def _list_tokens(value: bytes, status: int, what: str) -> list[bytes]:
+    """Lower-cased elements of a ``#token`` list; empty elements are ignored
+    (RFC 9110 section 5.6.1)."""
+    out = []
+    for item in value.split(b","):
+        item = item.strip(_OWS)
+        if item:
+            if item.translate(None, _TOKEN):
+                raise ParseError(status, f"invalid {what}")
+            out.append(item.lower())
     return out
 
 
-def _framing(headers: list[tuple[bytes, bytes]]) -> tuple[int, int, tuple[bytes, ...]]:
-    body, length = BODY_NONE, -1
-    conn: list[bytes] = []
-    for name, value in headers:
+def _field_line(line: bytes, status: int) -> tuple[bytes, bytes]:
+    colon = line.find(b":")
+    if colon <= 0:
+        if line[:1] in (b" ", b"\t"):
+            raise ParseError(status, "obsolete line folding")
+        raise ParseError(status, "invalid header field")
+    name = line[:colon]
+    if name.translate(None, _TOKEN):
+        raise ParseError(status, "invalid header name")
+    value = line[colon + 1 :].strip(_OWS)
+    if value.translate(None, _FIELD_VALUE):
+        raise ParseError(status, "invalid header value")
+    return name, value
+
+
+def _codings(value: bytes, status: int) -> list[bytes]:
+    """Lower-cased transfer-coding names; ``chunked`` takes no parameters."""
+    out = []
+    for item in value.split(b","):
+        name, semi, _ = item.partition(b";")
+        name = name.strip(_OWS)
+        if not name and not semi:
+            continue
+        if not name or name.translate(None, _TOKEN):
+            raise ParseError(status, "invalid transfer-encoding")
+        name = name.lower()
+        if semi and name == b"chunked":
+            raise ParseError(status, "invalid transfer-encoding")
+        out.append(name)
+    return out
+
+
+def _field_lines(
+    lines: list[bytes], max_headers: int, status: int, size_status: int
+) -> tuple[list[tuple[bytes, bytes]], _Fields]:
+    if len(lines) > max_headers:
+        raise ParseError(size_status, "too many header fields")
+    headers: list[tuple[bytes, bytes]] = []
+    info = _Fields()
+    for line in lines:
+        name, value = field = _field_line(line, status)
+        headers.append(field)
+        if len(name) not in _SPECIAL_LENGTHS:
+            continue
         lname = name.lower()
         if lname == b"content-length":
-            if not value.isdigit() or (length >= 0 and int(value) != length):
-                raise ParseError(400, "invalid content-length")
-            body, length = BODY_LENGTH, int(value)
+            length = _content_length(value, status)
+            if info.content_length >= 0 and length != info.content_length:
+                raise ParseError(status, "conflicting content-length")
+            if info.te is not None:
+                raise ParseError(status, "both transfer-encoding and content-length")
+            info.content_length = length
         elif lname == b"transfer-encoding":
-            if value.lower().rsplit(b",", 1)[-1].strip() != b"chunked":
-                raise ParseError(501, "unsupported transfer-encoding")
-            body = BODY_CHUNKED
+            if info.content_length >= 0:
+                raise ParseError(status, "both transfer-encoding and content-length")
+            if info.te is None:
+                info.te = []
+            info.te.extend(_codings(value, status))
         elif lname == b"connection":
-            conn.extend(t.strip().lower() for t in value.split(b","))
-    return body, length, tuple(conn)
+            info.connection.extend(_list_tokens(value, status, "connection"))
+        elif lname == b"host" and status == 400:
+            if info.hosts:
+                raise ParseError(400, "more than one host")
+            if value.translate(None, _HOST):
+                raise ParseError(400, "invalid host")
+            info.hosts.append(value)
+        elif lname == b"expect":
+            info.expect = info.expect or value.lower() == b"100-continue"
+        elif lname == b"upgrade":
+            info.upgrade.append(value)
+    return headers, info
+
+
+def _transfer_coding(te: list[bytes], status: int) -> bool:
+    """True when the body is chunked; False when the final coding is another
+    one (read until close for a response, refused for a request)."""
+    if not te:
+        raise ParseError(status, "invalid transfer-encoding")
+    chunked = te.count(b"chunked")
+    if chunked > 1:
+        raise ParseError(status, "chunked applied more than once")
+    return te[-1] == b"chunked"
+
+
+def _version(text: bytes, status: int) -> int:
+    if text == b"HTTP/1.1":
+        return 11
+    if text == b"HTTP/1.0":
+        return 10
+    if (
+        len(text) == 8
+        and text.startswith(b"HTTP/")
+        and text[5] in b"0123456789"
+        and text[6] == 46
+        and text[7] in b"0123456789"
+    ):
+        raise ParseError(505 if status == 400 else status, "http version not supported")
+    raise ParseError(status, "invalid http version")
+
+
+def _version_prefix(text: bytes, status: int) -> None:
+    """Refuse early a partial version that cannot become ``HTTP/d.d``."""
+    if len(text) > 8:
+        raise ParseError(status, "invalid http version")
+    if len(text) == 8:
+        _version(text, status)
+        return
+    for i, c in enumerate(text):
+        ok = c == b"HTTP/"[i] if i < 5 else (c == 46 if i == 6 else 48 <= c <= 57)
+        if not ok:
+            raise ParseError(status, "invalid http version")
+
+
+def _check_target(method: bytes, target: bytes) -> None:
+    if not target or target.translate(None, _VCHAR):
+        raise ParseError(400, "invalid request target")
+    if method == b"CONNECT":
+        host, colon, port = target.rpartition(b":")
+        if (
+            not colon
+            or not host
+            or not port
+            or port.translate(None, _DIGIT)
+            or len(port) > 5
+            or host.translate(None, _HOST)
+            or b"@" in host
+        ):
+            raise ParseError(400, "invalid connect target")
+    elif target[0] == 47:  # origin-form
+        return
+    elif target == b"*":
+        if method != b"OPTIONS":
+            raise ParseError(400, "invalid request target")
+    else:
+        scheme, sep, rest = target.partition(b"://")
+        if not sep or not scheme or scheme[0] not in _ALPHA or scheme.translate(None, _SCHEME):
+            raise ParseError(400, "invalid request target")
+        end = len(rest)
+        for stop in b"/?#":
+            i = rest.find(stop)
+            if 0 <= i < end:
+                end = i
+        if b"@" in rest[:end]:
+            raise ParseError(400, "userinfo in request target")
+
+
+def _partial_line(buf: bytes | bytearray, pos: int, n: int) -> bytes:
+    line = bytes(buf[pos:n])
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+def _check_partial_field(line: bytes, status: int) -> None:
+    if not line:
+        return
+    if line[0] in _OWS:
+        raise ParseError(status, "obsolete line folding")
+    colon = line.find(b":")
+    name = line if colon < 0 else line[:colon]
+    if colon == 0 or name.translate(None, _TOKEN):
+        raise ParseError(status, "invalid header name")
+    if colon > 0 and line[colon + 1 :].translate(None, _FIELD_VALUE):
+        raise ParseError(status, "invalid header value")
+
+
+def _head_bounds(
+    buf: bytes | bytearray, start: int, max_head: int, size_status: int
+) -> tuple[int, int, int]:
+    """(first byte of the start line, offset of the blank line or -1, offset of
+    the last CRLF seen or -1)."""
+    pos = start
+    while buf.startswith(b"\r\n", pos):
+        pos += 2
+        if pos - start > max_head:
+            raise ParseError(size_status, "header section too large")
+    end = buf.find(b"\r\n\r\n", pos)
+    if end < 0:
+        if len(buf) - start > max_head:
+            raise ParseError(size_status, "header section too large")
+        return pos, -1, buf.rfind(b"\r\n", pos)
+    if end + 4 - start > max_head:
+        raise ParseError(size_status, "header section too large")
+    return pos, end, end
+
+
+def _request_line(line: bytes) -> tuple[bytes, bytes, int]:
+    sp1 = line.find(b" ")
+    sp2 = line.find(b" ", sp1 + 1) if sp1 > 0 else -1
+    if sp2 < 0:
+        raise ParseError(400, "invalid request line")
+    method = line[:sp1]
+    if method.translate(None, _TOKEN):
+        raise ParseError(400, "invalid method")
+    target = line[sp1 + 1 : sp2]
+    _check_target(method, target)
+    return method, target, _version(line[sp2 + 1 :], 400)
+
+
+def _partial_request_line(line: bytes) -> None:
+    method, sp, rest = line.partition(b" ")
+    if method.translate(None, _TOKEN) or (sp and not method):
+        raise ParseError(400, "invalid method")
+    target, sp, version = rest.partition(b" ")
+    if target.translate(None, _VCHAR) or (sp and not target):
+        raise ParseError(400, "invalid request target")
+    if sp:
+        _version_prefix(version, 400)
 
 
 def parse_request_head(
@@ -161,29 +455,76 @@ def parse_request_head(
     max_head: int = DEFAULT_MAX_HEAD,
     max_headers: int = DEFAULT_MAX_HEADERS,
 ) -> tuple[RequestHead, int] | None:
-    got = _split_lines(buf, start, max_head)
-    if got is None:
+    pos, end, last = _head_bounds(buf, start, max_head, 431)
+    if end < 0:
+        first = buf.find(b"\r\n", pos)
+        if first < 0:
+            _partial_request_line(_partial_line(buf, pos, len(buf)))
+        else:
+            _request_line(bytes(buf[pos:first]))
+            if last > first:
+                _field_lines(bytes(buf[first + 2 : last]).split(b"\r\n"), max_headers, 400, 431)
+            _check_partial_field(_partial_line(buf, last + 2, len(buf)), 400)
         return None
-    lines, end = got
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-        raise ParseError(400, "invalid request line")
+    lines = bytes(buf[pos:end]).split(b"\r\n")
+    method, target, version = _request_line(lines[0])
+    del lines[0]
+    headers, info = _field_lines(lines, max_headers, 400, 431)
     head = RequestHead()
-    head.method, head.target = parts[0], parts[1]
-    head.version = 11 if parts[2] == b"HTTP/1.1" else 10
-    head.headers = _headers(lines[1:], max_headers)
-    head.body, head.content_length, head.connection = _framing(head.headers)
-    head.keep_alive = (
-        b"close" not in head.connection if head.version == 11 else b"keep-alive" in head.connection
-    )
-    head.host = next((v for n, v in head.headers if n.lower() == b"host"), None)
-    head.expect_continue = any(
-        n.lower() == b"expect" and v.lower() == b"100-continue" for n, v in head.headers
-    )
-    head.upgrade = None
-    if b"upgrade" in head.connection:
-        head.upgrade = next((v for n, v in head.headers if n.lower() == b"upgrade"), None)
-    return head, end
+    head.method = method
+    head.target = target
+    head.version = version
+    head.headers = headers
+    head.connection = conn = tuple(info.connection)
+    head.body = BODY_NONE
+    head.content_length = -1
+    if info.te is not None:
+        if version == 10:
+            raise ParseError(400, "transfer-encoding in http/1.0")
+        if not _transfer_coding(info.te, 400):
+            raise ParseError(501, "unsupported transfer-encoding")
+        head.body = BODY_CHUNKED
+    elif info.content_length >= 0:
+        head.body = BODY_LENGTH
+        head.content_length = info.content_length
+    if method == b"CONNECT":
+        head.body = BODY_NONE
+        head.content_length = -1
+    if info.hosts:
+        head.host = info.hosts[0]
+    elif version == 11:
+        raise ParseError(400, "missing host")
+    else:
+        head.host = None
+    if version == 11:
+        head.keep_alive = b"close" not in conn
+    else:
+        head.keep_alive = b"keep-alive" in conn and b"close" not in conn
+    head.expect_continue = info.expect
+    head.upgrade = b", ".join(info.upgrade) if info.upgrade and b"upgrade" in conn else None
+    return head, end + 4
+
+
+def _status_line(line: bytes) -> tuple[int, int, bytes]:
+    version = _version(line[:8], 502)
+    if len(line) < 12 or line[8] != 32 or line[9:12].translate(None, _DIGIT) or line[9] == 48:
+        raise ParseError(502, "invalid status line")
+    if len(line) > 12 and line[12] != 32:
+        raise ParseError(502, "invalid status line")
+    reason = line[13:]
+    if reason.translate(None, _FIELD_VALUE):
+        raise ParseError(502, "invalid reason phrase")
+    return version, int(line[9:12]), reason
+
+
+def _partial_status_line(line: bytes) -> None:
+    _version_prefix(line[:8], 502)
+    if len(line) > 8:
+        code = line[9:12]
+        if line[8] != 32 or code.translate(None, _DIGIT) or code[:1] == b"0":
+            raise ParseError(502, "invalid status line")
+        if len(line) > 12 and (line[12] != 32 or line[13:].translate(None, _FIELD_VALUE)):
+            raise ParseError(502, "invalid status line")
 
 
 def parse_response_head(
@@ -193,85 +534,273 @@ def parse_response_head(
     max_head: int = DEFAULT_MAX_HEAD,
     max_headers: int = DEFAULT_MAX_HEADERS,
 ) -> tuple[ResponseHead, int] | None:
-    got = _split_lines(buf, start, max_head)
-    if got is None:
+    pos, end, last = _head_bounds(buf, start, max_head, 502)
+    if end < 0:
+        first = buf.find(b"\r\n", pos)
+        if first < 0:
+            _partial_status_line(_partial_line(buf, pos, len(buf)))
+        else:
+            _status_line(bytes(buf[pos:first]))
+            if last > first:
+                _field_lines(bytes(buf[first + 2 : last]).split(b"\r\n"), max_headers, 502, 502)
+            _check_partial_field(_partial_line(buf, last + 2, len(buf)), 502)
         return None
-    lines, end = got
-    version, _, rest = lines[0].partition(b" ")
-    code, _, reason = rest.partition(b" ")
-    if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-        raise ParseError(502, "invalid status line")
+    lines = bytes(buf[pos:end]).split(b"\r\n")
+    version, status, reason = _status_line(lines[0])
+    del lines[0]
+    headers, info = _field_lines(lines, max_headers, 502, 502)
     head = ResponseHead()
-    head.version = 11 if version == b"HTTP/1.1" else 10
-    head.status, head.reason = int(code), reason
-    head.headers = _headers(lines[1:], max_headers)
-    head.body, head.content_length, head.connection = _framing(head.headers)
-    head.keep_alive = (
-        b"close" not in head.connection if head.version == 11 else b"keep-alive" in head.connection
-    )
-    if head.status == 101 or (request_method == b"CONNECT" and 200 <= head.status < 300):
+    head.version = version
+    head.status = status
+    head.reason = reason
+    head.headers = headers
+    head.connection = conn = tuple(info.connection)
+    if version == 11:
+        head.keep_alive = b"close" not in conn
+    else:
+        head.keep_alive = b"keep-alive" in conn and b"close" not in conn
+    head.body = BODY_UNTIL_CLOSE
+    head.content_length = -1
+    if info.te is not None:
+        if _transfer_coding(info.te, 502):
+            head.body = BODY_CHUNKED
+        if version == 10:
+            # RFC 9112 section 6.1: faulty framing; close after this message.
+            head.keep_alive = False
+    elif info.content_length >= 0:
+        head.body = BODY_LENGTH
+        head.content_length = info.content_length
+    if status == 101 or (request_method == b"CONNECT" and 200 <= status < 300):
         head.body = BODY_TUNNEL
-    elif request_method == b"HEAD" or head.status < 200 or head.status in (204, 304):
-        head.body, head.content_length = BODY_NONE, -1
-    elif head.body == BODY_NONE:
-        head.body = BODY_UNTIL_CLOSE
+        head.content_length = -1
+    elif request_method == b"HEAD" or status < 200 or status == 204 or status == 304:
+        head.body = BODY_NONE
+        head.content_length = -1
+    elif head.body == BODY_UNTIL_CLOSE:
         head.keep_alive = False
-    return head, end
+    return head, end + 4
+
+
+def header_value(headers: list[tuple[bytes, bytes]], lname: bytes) -> bytes | None:
+    """The first value of the field named ``lname`` (lower-case), or None."""
+    size = len(lname)
+    for name, value in headers:
+        if len(name) == size and name.lower() == lname:
+            return value
+    return None
+
+
+def is_hop_by_hop(lname: bytes, connection: tuple[bytes, ...]) -> bool:
+    """Whether the lower-cased field name ``lname`` belongs to one hop only."""
+    return lname in _HOP_BY_HOP or lname in connection
+
+
+def end_to_end_headers(
+    headers: list[tuple[bytes, bytes]], connection: tuple[bytes, ...]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` without the hop-by-hop fields, in their original order."""
+    return [(n, v) for n, v in headers if not is_hop_by_hop(n.lower(), connection)]
+
+
+def keep_alive_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
+    """Seconds from ``Keep-Alive: timeout=N`` (the first field with a valid
+    one), or None."""
+    for name, value in headers:
+        if len(name) != 10 or name.lower() != b"keep-alive":
+            continue
+        for param in value.split(b","):
+            key, eq, number = param.partition(b"=")
+            if eq and key.strip(_OWS).lower() == b"timeout":
+                number = number.strip(_OWS).strip(b'"')
+                if number and len(number) <= 9 and not number.translate(None, _DIGIT):
+                    return float(int(number))
+    return None
+
+
+# ChunkedDecoder states.  The size line is read byte by byte so that any split
+# of the input works without re-scanning; chunk data is sliced in bulk.
+_SIZE_START = 0
+_SIZE = 1
+_EXT_NAME_START = 2
+_EXT_NAME = 3
+_EXT_VALUE_START = 4
+_EXT_VALUE = 5
+_EXT_QUOTED = 6
+_EXT_QUOTED_ESC = 7
+_EXT_QUOTED_END = 8
+_SIZE_LF = 9
+_DATA = 10
+_DATA_CR = 11
+_DATA_LF = 12
+_TRAILER = 13
+_DONE = 14
+_FAILED = 15
+
+_QDTEXT = frozenset(
+    b"\t !" + bytes(range(0x23, 0x5C)) + bytes(range(0x5D, 0x7F)) + bytes(range(0x80, 0x100))
+)
+_ESCAPABLE = frozenset(b"\t " + _VCHAR + bytes(range(0x80, 0x100)))
+_TOKEN_SET = frozenset(_TOKEN)
+_HEX_VALUE = {c: int(chr(c), 16) for c in _HEX}
 
 
 class ChunkedDecoder:
-    """Incremental decoder of a chunked body; any split of the input works."""
+    """Incremental decoder of a chunked body (RFC 9112 section 7.1)."""
 
-    __slots__ = ("_buf", "_remaining", "done", "trailers")
+    __slots__ = (
+        "_ext",
+        "_line",
+        "_max_trailer_size",
+        "_remaining",
+        "_size",
+        "_state",
+        "_status",
+        "_trailer_size",
+        "done",
+        "trailers",
+    )
 
-    def __init__(self) -> None:
-        self._buf = b""
-        self._remaining = -1  # bytes of chunk data still expected; -1: expecting a size line
+    def __init__(self, max_trailer_size: int = DEFAULT_MAX_HEAD, *, response: bool = False) -> None:
+        self._state = _SIZE_START
+        self._size = 0
+        self._ext = 0
+        self._remaining = 0
+        self._line = bytearray()
+        self._trailer_size = 0
+        self._max_trailer_size = max_trailer_size
+        self._status = 502 if response else 400
         self.done = False
         self.trailers: list[tuple[bytes, bytes]] = []
 
+    def _fail(self, reason: str) -> ParseError:
+        self._state = _FAILED
+        return ParseError(self._status, reason)
+
     def feed(self, data: bytes) -> tuple[list[bytes], int]:
+        if self.done:
+            return [], 0
+        if self._state == _FAILED:
+            raise ParseError(self._status, "invalid chunked body")
         pieces: list[bytes] = []
-        held = len(self._buf)
-        buf = self._buf + data
+        n = len(data)
         pos = 0
-        while not self.done:
-            if self._remaining > 0:
-                take = buf[pos : pos + self._remaining]
-                if not take:
-                    break
-                pieces.append(take)
-                pos += len(take)
-                self._remaining -= len(take)
+        state = self._state
+        while pos < n and state != _DONE:  # the trailer step raises or sets _DONE
+            if state == _DATA:
+                take = min(self._remaining, n - pos)
+                pieces.append(bytes(data[pos : pos + take]))
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    state = _DATA_CR
                 continue
-            if self._remaining == 0:
-                if len(buf) - pos < 2:
-                    break
-                if buf[pos : pos + 2] != b"\r\n":
-                    raise ParseError(400, "invalid chunk data end")
-                pos += 2
-                self._remaining = -1
+            if state == _SIZE_START:
+                # Fast path: a whole, plain size line in this feed.
+                cr = data.find(b"\r\n", pos, pos + 18)
+                if cr > pos and not data[pos:cr].translate(None, _HEX):
+                    size = int(data[pos:cr], 16)
+                    if size > _MAX_CONTENT_LENGTH:
+                        raise self._fail("chunk size too large")
+                    pos = cr + 2
+                    state = _DATA if size else _TRAILER
+                    self._remaining = size
+                    continue
+            if state == _TRAILER:
+                state, pos = self._trailer(data, pos)
                 continue
-            nl = buf.find(b"\r\n", pos)
-            if nl < 0:
-                break
-            size_text = buf[pos:nl].split(b";", 1)[0]
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ParseError(400, "invalid chunk size") from None
-            pos = nl + 2
-            if size == 0:
-                end = buf.find(b"\r\n", pos)
-                while end > pos:
-                    end = buf.find(b"\r\n", end + 2)
-                if end < 0:
-                    pos = nl - len(buf[:nl]) + pos  # wait for trailers
-                    break
-                self.done = True
-                pos = end + 2
-                break
-            self._remaining = size
-        self._buf = buf[pos:] if not self.done else b""
-        consumed = pos - held if self.done else len(data)
-        return pieces, consumed
+            c = data[pos]
+            pos += 1
+            if state == _DATA_CR:
+                if c != 13:
+                    raise self._fail("missing CRLF after chunk data")
+                state = _DATA_LF
+            elif state == _DATA_LF:
+                if c != 10:
+                    raise self._fail("missing CRLF after chunk data")
+                state = _SIZE_START
+            elif state in (_SIZE_START, _SIZE):
+                digit = _HEX_VALUE.get(c)
+                if digit is not None:
+                    self._ext += 1  # counts digits until the size line ends
+                    size = self._size * 16 + digit
+                    if size > _MAX_CONTENT_LENGTH or self._ext > 16:
+                        raise self._fail("chunk size too large")
+                    self._size = size
+                    state = _SIZE
+                elif state == _SIZE and c == 59:  # ;
+                    self._ext = 0
+                    state = _EXT_NAME_START
+                elif state == _SIZE and c == 13:
+                    state = _SIZE_LF
+                else:
+                    raise self._fail("invalid chunk size")
+            elif state == _SIZE_LF:
+                if c != 10:
+                    raise self._fail("invalid chunk size line")
+                self._remaining = self._size
+                self._size = 0
+                self._ext = 0
+                state = _DATA if self._remaining else _TRAILER
+            else:
+                self._ext += 1
+                if self._ext > _MAX_CHUNK_EXT:
+                    raise self._fail("chunk extensions too long")
+                state = self._extension(state, c)
+        self._state = state
+        return pieces, (pos if self.done else n)
+
+    def _extension(self, state: int, c: int) -> int:
+        if state == _EXT_QUOTED:
+            if c == 34:
+                return _EXT_QUOTED_END
+            if c == 92:
+                return _EXT_QUOTED_ESC
+            if c in _QDTEXT:
+                return state
+        elif state == _EXT_QUOTED_ESC:
+            if c in _ESCAPABLE:
+                return _EXT_QUOTED
+        elif state == _EXT_NAME_START:
+            if c in _TOKEN_SET:
+                return _EXT_NAME
+        elif state == _EXT_VALUE_START:
+            if c in _TOKEN_SET:
+                return _EXT_VALUE
+            if c == 34:
+                return _EXT_QUOTED
+        else:  # after a name, a token value or a quoted value
+            if c == 59:
+                return _EXT_NAME_START
+            if c == 13:
+                return _SIZE_LF
+            if state == _EXT_NAME and c == 61:
+                return _EXT_VALUE_START
+            if state != _EXT_QUOTED_END and c in _TOKEN_SET:
+                return state
+        raise self._fail("invalid chunk extension")
+
+    def _trailer(self, data: bytes, pos: int) -> tuple[int, int]:
+        lf = data.find(b"\n", pos)
+        stop = len(data) if lf < 0 else lf + 1
+        self._trailer_size += stop - pos
+        if self._trailer_size > self._max_trailer_size:
+            self._state = _FAILED
+            raise ParseError(431 if self._status == 400 else self._status, "trailers too large")
+        self._line += data[pos:stop]
+        if lf < 0:
+            return _TRAILER, stop
+        line = bytes(self._line)
+        self._line.clear()
+        if len(line) < 2 or line[-2] != 13:
+            raise self._fail("invalid trailer line")
+        if len(line) == 2:
+            self.done = True
+            return _DONE, stop
+        try:
+            self.trailers.append(_field_line(line[:-2], self._status))
+        except ParseError:
+            self._state = _FAILED
+            raise
+        if len(self.trailers) > DEFAULT_MAX_HEADERS:
+            raise self._fail("too many trailer fields")
+        return _TRAILER, stop
