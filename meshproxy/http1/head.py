@@ -127,11 +127,17 @@ def status_line(status: int, reason: bytes) -> bytes:
 
 
 def has_hop_by_hop(head: fp.ResponseHead) -> bool:
-    """Whether the response carries a field that must not cross the proxy."""
+    """Whether the response carries a field that must not cross the proxy.
+
+    A bare ``Connection: keep-alive`` does not count: forwarding it to an
+    HTTP/1.1 client we keep alive says nothing false, and sparing the rebuild
+    matters because many servers send it on every response."""
     drop = head.connection
-    for name, _value in head.headers:
+    for name, value in head.headers:
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in drop:
+            if lname == b"connection" and value.lower() == b"keep-alive":
+                continue
             return True
     return False
 

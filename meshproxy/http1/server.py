@@ -45,6 +45,7 @@ HIGH_WATER = 65536
 
 class HttpServer(asyncio.Protocol):
     __slots__ = (
+        "awaiting_head",
         "buf",
         "client_ip",
         "client_keep_alive",
@@ -64,12 +65,14 @@ class HttpServer(asyncio.Protocol):
         "paused_upstream",
         "peer",
         "pending",
+        "req_deadline",
         "req_remaining",
         "req_timer",
         "request_done",
         "retried",
         "sent",
         "started",
+        "started_fresh",
         "state",
         "status",
         "target",
@@ -103,6 +106,9 @@ class HttpServer(asyncio.Protocol):
         self.retried = False
         self.status = 0
         self.started = 0.0
+        self.started_fresh = False  # ``started`` is still "now" for the request timer
+        self.awaiting_head = False
+        self.req_deadline = 0.0
         self.connecting: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]] | None
         self.connecting = None
         self.connect_timer: asyncio.TimerHandle | None = None
@@ -248,6 +254,7 @@ class HttpServer(asyncio.Protocol):
             return close
         self.target = target
         self.started = ctx.loop.time()
+        self.started_fresh = True
         self.method = head.method
         self.client_version = head.version
         self.client_keep_alive = head.keep_alive
@@ -343,7 +350,7 @@ class HttpServer(asyncio.Protocol):
         self.request_done = True
         if self.state == BODY:
             self.state = WAIT
-            if self.up is not None and not self.head_sent and self.req_timer is None:
+            if self.up is not None and not self.head_sent:
                 self.arm_request_timer()
 
     # -- upstream connection -----------------------------------------------
@@ -405,13 +412,36 @@ class HttpServer(asyncio.Protocol):
             self.arm_request_timer()
 
     def arm_request_timer(self) -> None:
+        """Start waiting for the response head.  The timer is re-armed lazily:
+        most requests finish long before it fires, and then it only moves on."""
         target = self.target
         assert target is not None
         timeout = target.timeout if target.timeout is not None else self.ctx.request_timeout
-        self.req_timer = self.ctx.loop.call_later(timeout, self.request_timeout)
+        loop = self.ctx.loop
+        now = self.started if self.started_fresh else loop.time()
+        self.started_fresh = False
+        deadline = now + timeout
+        self.req_deadline = deadline
+        self.awaiting_head = True
+        timer = self.req_timer
+        if timer is None:
+            self.req_timer = loop.call_at(deadline, self.request_timer_fired)
+        elif timer.when() > deadline:
+            timer.cancel()
+            self.req_timer = loop.call_at(deadline, self.request_timer_fired)
+
+    def request_timer_fired(self) -> None:
+        self.req_timer = None
+        if not self.awaiting_head:
+            return
+        loop = self.ctx.loop
+        if self.req_deadline - loop.time() > 0.001:
+            self.req_timer = loop.call_at(self.req_deadline, self.request_timer_fired)
+            return
+        self.request_timeout()
 
     def request_timeout(self) -> None:
-        self.req_timer = None
+        self.awaiting_head = False
         up = self.up
         self.up = None
         if up is not None:
@@ -427,9 +457,7 @@ class HttpServer(asyncio.Protocol):
 
     def response_started(self, status: int) -> None:
         self.status = status
-        if self.req_timer is not None:
-            self.req_timer.cancel()
-            self.req_timer = None
+        self.awaiting_head = False
 
     def close_after_response(self, body: int) -> bool:
         """Decide, as the response head leaves, whether the client connection
@@ -463,6 +491,7 @@ class HttpServer(asyncio.Protocol):
         )  # fmt: skip
         self.up = None
         self.sent = None
+        self.head_sent = False
         if close or self.close_after or self.state == CLOSED:
             self.close()
             return
@@ -481,9 +510,7 @@ class HttpServer(asyncio.Protocol):
             self.up = None
         if retryable and self.sent is not None and not self.retried:
             self.retried = True
-            if self.req_timer is not None:
-                self.req_timer.cancel()
-                self.req_timer = None
+            self.awaiting_head = False
             self.connect(self.sent)
             return
         self.fail(502, "upstream reset before response")
@@ -516,9 +543,7 @@ class HttpServer(asyncio.Protocol):
         """Answer the current exchange locally (no response byte sent yet)."""
         if self.state == CLOSED:
             return
-        if self.req_timer is not None:
-            self.req_timer.cancel()
-            self.req_timer = None
+        self.awaiting_head = False
         up = self.up
         self.up = None
         if up is not None:

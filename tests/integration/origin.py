@@ -8,7 +8,8 @@ reached it.
 Paths: ``/`` hello; ``/echo`` the body back; ``/head`` the request head back;
 ``/chunked?n=K`` K chunks; ``/big?n=BYTES`` a large body; ``/slow?ms=M`` wait
 first; ``/close`` answer then close; ``/until-close`` a body ended by closing;
-``/continue`` answer 100 Continue before reading the body; ``/sink`` read a
+``/continue`` answer 100 Continue before reading the body; ``/hop`` hop-by-hop fields in the answer; ``/reset``
+an RST instead of an answer; ``/sink`` read a
 body slowly (``?rate=BYTES_PER_50MS``) and answer its length.
 """
 
@@ -134,6 +135,24 @@ class Origin:
         elif path == "/until-close":
             writer.write(b"HTTP/1.1 200 OK\r\n\r\nuntil close body")
             await writer.drain()
+            return False
+        elif path == "/hop":
+            self._send(
+                writer,
+                200,
+                b"hop",
+                extra=b"Connection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=30\r\n"
+                b"Proxy-Connection: keep-alive\r\nTrailer: x-t\r\nUpgrade: h2c\r\n",
+            )
+        elif path == "/reset":
+            transport = writer.transport
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                import socket
+                import struct
+
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
             return False
         elif path == "/status":
             self._send(writer, int(query.get("code", "200")), b"status")
