@@ -7,6 +7,7 @@ that a real client library refuses to produce.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 
 
@@ -98,10 +99,8 @@ class Conn:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(ConnectionError):
             await self.writer.wait_closed()
-        except ConnectionError:
-            pass
 
 
 def get(path: str, host: str = "web", extra: str = "", version: str = "1.1") -> bytes:

@@ -8,8 +8,8 @@ reached it.
 Paths: ``/`` hello; ``/echo`` the body back; ``/head`` the request head back;
 ``/chunked?n=K`` K chunks; ``/big?n=BYTES`` a large body; ``/slow?ms=M`` wait
 first; ``/close`` answer then close; ``/until-close`` a body ended by closing;
-``/continue`` answer 100 Continue before reading the body; ``/hop`` hop-by-hop fields in the answer; ``/reset``
-an RST instead of an answer; ``/sink`` read a
+``/continue`` answer 100 Continue before reading the body; ``/hop`` hop-by-hop
+fields in the answer; ``/reset`` an RST instead of an answer; ``/sink`` read a
 body slowly (``?rate=BYTES_PER_50MS``) and answer its length.
 """
 

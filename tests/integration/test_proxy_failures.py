@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import pytest
 
@@ -37,10 +37,8 @@ def unanswered_port() -> Iterator[int]:
         for _ in range(4):
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with suppress(BlockingIOError):
                 filler.connect(("127.0.0.1", port))
-            except BlockingIOError:
-                pass
             fillers.append(filler)
         yield port
     finally:
@@ -154,9 +152,7 @@ async def test_idle_client_connection_is_closed(origin: Origin, proxies: StartPr
 
 
 async def test_partial_head_times_out_with_408(origin: Origin, proxies: StartProxy) -> None:
-    proxy = await proxies(
-        with_timeouts(basic_config({"web": [origin.port]}), request_head="300ms")
-    )
+    proxy = await proxies(with_timeouts(basic_config({"web": [origin.port]}), request_head="300ms"))
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["outbound"])
         conn.send(b"GET / HTTP/1.1\r\nHost: w")

@@ -109,9 +109,7 @@ async def test_expect_continue_relays_the_origin_interim_answer(
     assert (final.status, final.body) == (200, b"data")
 
 
-async def test_hop_by_hop_fields_are_removed_both_ways(
-    origin: Origin, proxies: StartProxy
-) -> None:
+async def test_hop_by_hop_fields_are_removed_both_ways(origin: Origin, proxies: StartProxy) -> None:
     proxy = await proxies(basic_config({"web": [origin.port]}))
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["outbound"])
@@ -137,7 +135,9 @@ async def test_forwarded_headers_and_request_id(origin: Origin, proxies: StartPr
     proxy = await proxies(basic_config({"web": [origin.port]}))
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["outbound"])
-        await conn.request(get("/", extra="X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"))
+        await conn.request(
+            get("/", extra="X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n")
+        )
         await conn.request(get("/", extra="X-Request-Id: given-id\r\n"))
         await conn.request(get("/"))
         await conn.close()
@@ -156,7 +156,9 @@ async def test_absolute_form_target_picks_service_and_becomes_origin_form(
     proxy = await proxies(basic_config({"web": [origin.port]}))
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["outbound"])
-        resp = await conn.request(b"GET http://web.default.svc:8080/head?q=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+        resp = await conn.request(
+            b"GET http://web.default.svc:8080/head?q=1 HTTP/1.1\r\nHost: other\r\n\r\n"
+        )
         await conn.close()
     assert resp.status == 200
     assert origin.requests[0].raw.startswith(b"GET /head?q=1 HTTP/1.1\r\n")
