@@ -19,11 +19,13 @@ from control.api.auth import AuthError, Tokens
 from control.api.models import ErrorBody, Problem
 from control.api.openapi import OPENAPI_PATH, openapi_document
 from control.api.routes import OPERATIONS, BadRequest, Handler, Operation
+from control.registry.consul import CatalogRegistry, CatalogWatcher
 from control.registry.local import Instance
 from control.service import ControlPlane, NotFound
 from control.settings import ControlSettings
 from control.state import StateError
 from control.store.base import Store, StoreError, VersionConflict
+from control.store.consul import ConsulAddress, ConsulStore, follow_replicas
 from control.store.sqlite import SQLiteStore
 
 log = logging.getLogger("meshcontrol")
@@ -31,6 +33,7 @@ log = logging.getLogger("meshcontrol")
 CONTROL: web.AppKey[ControlPlane] = web.AppKey("control", ControlPlane)
 TOKENS: web.AppKey[Tokens] = web.AppKey("tokens", Tokens)
 OPENAPI_KEY: web.AppKey[dict[str, object]] = web.AppKey("openapi", dict)
+WRITE_TRIES = 4
 
 
 def _error(status: int, error: str, problems: list[tuple[str, str]] | None = None) -> web.Response:
@@ -48,6 +51,12 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
     async def handle(request: web.Request) -> web.StreamResponse:
         try:
             who = request.app[TOKENS].authorize(request.headers.get("Authorization"), op.scope)
+            for _ in range(WRITE_TRIES - 1):
+                # A conflict means another replica committed first; the control
+                # plane has caught up with it, so the same request is rebuilt
+                # on the new state (the body is cached by aiohttp).
+                with contextlib.suppress(VersionConflict):
+                    return await handler(request, request.app[CONTROL], who)
             return await handler(request, request.app[CONTROL], who)
         except AuthError as exc:
             return _error(exc.status, exc.reason)
@@ -59,6 +68,9 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
             return _error(404, str(exc))
         except VersionConflict as exc:
             return _error(409, f"concurrent change: {exc}")
+        except StoreError as exc:
+            log.error("store unavailable: %s", exc)
+            return _error(503, f"the store is unavailable: {exc}")
 
     return handle
 
@@ -107,9 +119,21 @@ async def registry_loop(cp: ControlPlane, tick: float) -> None:
             await asyncio.gather(*running, return_exceptions=True)
 
 
+def consul_address(settings: ControlSettings) -> ConsulAddress:
+    return ConsulAddress.parse(settings.consul_http_addr, settings.consul_http_token or None)
+
+
+async def _catalog_changed(cp: ControlPlane, services: list[str]) -> None:
+    for _ in range(WRITE_TRIES):
+        with contextlib.suppress(VersionConflict):
+            await cp.catalog_changed(services)
+            return
+    log.warning("catalog change of %s not recorded: the store kept moving", services)
+
+
 def open_store(settings: ControlSettings) -> Store:
     if settings.store == "consul":
-        raise StoreError("the consul store is not available yet; use MESHCONTROL_STORE=sqlite")
+        return ConsulStore(consul_address(settings), settings.consul_prefix)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SQLiteStore(settings.data_dir / "meshcontrol.db")
 
@@ -118,7 +142,8 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     if not settings.admin_token:
         raise ValueError("MESHCONTROL_ADMIN_TOKEN must be set: writes need a bearer token")
     app = web.Application(client_max_size=4 * 1024 * 1024)
-    cp = ControlPlane(store)
+    registry = CatalogRegistry() if settings.registry == "consul" else None
+    cp = ControlPlane(store, registry=registry)
     app[CONTROL] = cp
     app[TOKENS] = Tokens(settings.admin_token, settings.read_token or None)
     app[OPENAPI_KEY] = openapi_document()
@@ -128,11 +153,22 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await cp.start()
-        loop_task = asyncio.create_task(registry_loop(cp, settings.tick))
+        tasks = [asyncio.create_task(registry_loop(cp, settings.tick))]
+        if isinstance(store, ConsulStore):
+            tasks.append(asyncio.create_task(follow_replicas(store, cp.refresh)))
+        if isinstance(registry, CatalogRegistry):
+            watcher = CatalogWatcher(
+                consul_address(settings).client,
+                registry,
+                lambda services: _catalog_changed(cp, services),
+            )
+            tasks.append(asyncio.create_task(watcher.run()))
         yield
-        loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop_task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await cp.close()
 
     async def release_watches(app: web.Application) -> None:

@@ -20,7 +20,7 @@ from typing import ParamSpec, TypeVar
 from control.push import NodeInfo, PushBook, build_snapshot
 from control.registry.local import Instance, InstanceSpec, LocalRegistry
 from control.state import DesiredState, Kind, Resource, StateError, check_state, parse_resource
-from control.store.base import Change, HistoryEntry, Store
+from control.store.base import Change, HistoryEntry, Store, VersionConflict
 from meshproxy.config.policy import Endpoint
 from meshproxy.config.snapshot import Snapshot
 
@@ -45,11 +45,12 @@ class ControlPlane:
         store: Store,
         wall: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        registry: LocalRegistry | None = None,
     ) -> None:
         self.store = store
         self.wall = wall
         self.monotonic = monotonic
-        self.registry = LocalRegistry()
+        self.registry = registry if registry is not None else LocalRegistry()
         self.book = PushBook(lambda: secrets.token_hex(8))
         self.state = DesiredState()
         self.version = 0
@@ -70,6 +71,29 @@ class ControlPlane:
         now = self.monotonic()
         for instance in loaded.instances:
             self.registry.add(instance, now)
+
+    async def refresh(self) -> bool:
+        """Catch up with commits another replica made to a shared store;
+        True when there were any (the long-polls are woken then)."""
+        async with self._lock:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> bool:
+        loaded = await self.run(self.store.load)
+        if loaded.version <= self.version:
+            return False
+        self.version, self.state = loaded.version, loaded.state
+        known = {s.id for s in self.registry.statuses()}
+        stored = {i.id: i for i in loaded.instances}
+        for gone in known - set(stored):
+            if self.registry.get(gone) is not None:
+                self.registry.remove(gone)
+        now = self.monotonic()
+        for instance_id, instance in stored.items():
+            if instance_id not in known:
+                self.registry.add(instance, now)
+        self._publish()
+        return True
 
     def stop_watches(self) -> None:
         """Release every open long-poll (on shutdown), so none holds the exit."""
@@ -116,7 +140,13 @@ class ControlPlane:
         self, change: Change, registry_update: Callable[[], object] | None = None
     ) -> int:
         """Commit under the lock (the caller holds it) and publish."""
-        version = await self.run(self.store.commit, self.version, change, self.wall())
+        try:
+            version = await self.run(self.store.commit, self.version, change, self.wall())
+        except VersionConflict:
+            # Another replica got there first: take its state, so that the
+            # caller's retry builds on it instead of overwriting it.
+            await self._catch_up()
+            raise
         self.version = version
         if change.state is not None:
             self.state = change.state
@@ -204,6 +234,10 @@ class ControlPlane:
         if self.registry.check_result(instance_id, ok, self.monotonic()):
             why = "health check passed" if ok else "health check failed"
             await self._health_changed([instance_id], why)
+
+    async def catalog_changed(self, services: list[str]) -> None:
+        """The Consul catalog moved: move the version so proxies re-poll."""
+        await self._health_changed(services, "consul catalog changed")
 
     async def _health_changed(self, ids: list[str], why: str) -> None:
         # Health is not persisted, but the version must move so that proxies
