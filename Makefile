@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml setup.py
 
 venv: $(STAMP)
 
-$(EXT_STAMP): $(STAMP) meshproxy/_fastpath.pyx meshproxy/_fastpath_chunked.pxi setup.py
+$(EXT_STAMP): $(STAMP) meshproxy/_fastpath.pyx $(wildcard meshproxy/_fastpath_*.pxi) setup.py
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

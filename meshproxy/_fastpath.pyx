@@ -91,21 +91,6 @@ _fill(C_ESCAPABLE, _FIELD_VALUE)
 for _i in range(256):
     C_HEX[_i] = int(chr(_i), 16) if _i in _HEX else -1
 
-_HOP_BY_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    )
-)
-
-
 class ParseError(Exception):
     """A message refused.  ``status`` is the HTTP status to answer with
     (400, 431, 501, 505; 502 for responses); ``reason`` is short and safe to
@@ -212,6 +197,9 @@ cdef inline Py_ssize_t _find_blank(const unsigned char* p, Py_ssize_t a, Py_ssiz
     return -1
 
 
+include "_fastpath_fields.pxi"
+
+
 cdef class _Fields:
     cdef long long content_length
     cdef list te
@@ -234,58 +222,6 @@ cdef long long _content_length(const unsigned char* p, Py_ssize_t a, Py_ssize_t 
         value = value * 10 + (p[a] - 48)
         a += 1
     return value
-
-
-def _list_tokens(bytes value, int status, str what):
-    out = []
-    for item in value.split(b","):
-        item = item.strip(_OWS)
-        if item:
-            if item.translate(None, _TOKEN):
-                raise ParseError(status, f"invalid {what}")
-            out.append(item.lower())
-    return out
-
-
-def _codings(bytes value, int status):
-    out = []
-    for item in value.split(b","):
-        name, semi, _ = item.partition(b";")
-        name = name.strip(_OWS)
-        if not name and not semi:
-            continue
-        if not name or name.translate(None, _TOKEN):
-            raise ParseError(status, "invalid transfer-encoding")
-        name = name.lower()
-        if semi and name == b"chunked":
-            raise ParseError(status, "invalid transfer-encoding")
-        out.append(name)
-    return out
-
-
-cdef tuple _field_line(const unsigned char* p, Py_ssize_t a, Py_ssize_t b, int status):
-    """(name, value) of the field line p[a:b]; the twin's ``_field_line``."""
-    cdef const unsigned char* hit = <const unsigned char*>memchr(p + a, 58, b - a)
-    cdef Py_ssize_t colon = -1 if hit == NULL else hit - p
-    cdef Py_ssize_t v, e
-    if colon <= a:
-        if a < b and (p[a] == 32 or p[a] == 9):
-            raise ParseError(status, "obsolete line folding")
-        raise ParseError(status, "invalid header field")
-    if not _all_in(p, a, colon, C_TOKEN):
-        raise ParseError(status, "invalid header name")
-    v = colon + 1
-    e = b
-    while v < e and (p[v] == 32 or p[v] == 9):
-        v += 1
-    while e > v and (p[e - 1] == 32 or p[e - 1] == 9):
-        e -= 1
-    if not _all_in(p, v, e, C_VALUE):
-        raise ParseError(status, "invalid header value")
-    return (
-        PyBytes_FromStringAndSize(<const char*>p + a, colon - a),
-        PyBytes_FromStringAndSize(<const char*>p + v, e - v),
-    )
 
 
 cdef _Fields _field_lines(
@@ -679,56 +615,6 @@ def parse_response_head(
     elif head.body == C_BODY_UNTIL_CLOSE:
         head.keep_alive = False
     return head, end + 4
-
-
-def is_token(bytes data):
-    """Whether ``data`` is a non-empty RFC 9110 token (a field name, a method)."""
-    return bool(data) and not data.translate(None, _TOKEN)
-
-
-def is_field_value(bytes data):
-    """Whether ``data`` may be sent as a field value: no CR, LF, NUL or other
-    controls except HTAB, and no leading or trailing whitespace."""
-    if data.translate(None, _FIELD_VALUE):
-        return False
-    return not data or (data[0] not in _OWS and data[len(data) - 1] not in _OWS)
-
-
-def header_value(list headers, bytes lname):
-    """The first value of the field named ``lname`` (lower-case), or None."""
-    cdef Py_ssize_t size = len(lname)
-    cdef bytes name
-    for name, value in headers:
-        if PyBytes_GET_SIZE(name) == size and _lower_eq(
-            <const unsigned char*>PyBytes_AS_STRING(name), 0, PyBytes_AS_STRING(lname), size
-        ):
-            return value
-    return None
-
-
-def is_hop_by_hop(bytes lname, tuple connection):
-    """Whether the lower-cased field name ``lname`` belongs to one hop only."""
-    return lname in _HOP_BY_HOP or lname in connection
-
-
-def end_to_end_headers(list headers, tuple connection):
-    """``headers`` without the hop-by-hop fields, in their original order."""
-    return [(n, v) for n, v in headers if not is_hop_by_hop(n.lower(), connection)]
-
-
-def keep_alive_timeout(list headers):
-    """Seconds from ``Keep-Alive: timeout=N`` (the first field with a valid
-    one), or None."""
-    for name, value in headers:
-        if len(name) != 10 or name.lower() != b"keep-alive":
-            continue
-        for param in value.split(b","):
-            key, eq, number = param.partition(b"=")
-            if eq and key.strip(_OWS).lower() == b"timeout":
-                number = number.strip(_OWS).strip(b'"')
-                if number and len(number) <= 9 and not number.translate(None, _DIGIT):
-                    return float(int(number))
-    return None
 
 
 include "_fastpath_chunked.pxi"

@@ -3,6 +3,8 @@
 This room turns bytes into message heads and chunked bodies, strictly (RFC 9112,
 with llhttp's strict mode as the reference).  It holds no sockets, clocks or
 connection state: the caller owns the buffer and asks again when more arrives.
+The field rules and helpers live in ``_fastpath_fields_py``, the chunked decoder
+in ``_fastpath_chunked_py``; this module re-exports them.
 
 API (both implementations export exactly these names):
 
@@ -12,8 +14,9 @@ API (both implementations export exactly these names):
   request line are skipped (RFC 9112 section 2.2).  Raises ``ParseError``
   (400, 431 past ``max_head`` bytes or ``max_headers`` fields, 501 for a
   transfer coding other than a final ``chunked``, 505 for ``HTTP/x.y`` other
-  than 1.0/1.1).  Errors in the request line and in the last, partial line are
-  reported before the head is complete.
+  than 1.0/1.1).  Errors in the lines received so far are reported before the
+  head is complete, as llhttp does; each call scans the buffered head once, so
+  callers re-parse only when a new LF has arrived.
 * ``parse_response_head(buf, start=0, request_method=b"GET", max_head=..., max_headers=...)``
   -> ``(ResponseHead, end)`` or ``None``.  Body framing depends on the request
   method (HEAD, CONNECT) and the status (1xx, 204, 304), RFC 9112 section 6.3.
@@ -59,6 +62,29 @@ downstream hop:
 
 from __future__ import annotations
 
+from meshproxy._fastpath_chunked_py import ChunkedDecoder
+from meshproxy._fastpath_fields_py import (
+    _ALPHA,
+    _DIGIT,
+    _FIELD_VALUE,
+    _HOST,
+    _MAX_CONTENT_LENGTH,
+    _OWS,
+    _SCHEME,
+    _TOKEN,
+    _VCHAR,
+    DEFAULT_MAX_HEAD,
+    DEFAULT_MAX_HEADERS,
+    ParseError,
+    _field_line,
+    end_to_end_headers,
+    header_value,
+    is_field_value,
+    is_hop_by_hop,
+    is_token,
+    keep_alive_timeout,
+)
+
 __all__ = [
     "BODY_CHUNKED",
     "BODY_LENGTH",
@@ -87,53 +113,8 @@ BODY_CHUNKED = 2
 BODY_UNTIL_CLOSE = 3  # responses only: the body ends when the connection closes
 BODY_TUNNEL = 4  # after a 101 or a 2xx to CONNECT: raw bytes both ways
 
-DEFAULT_MAX_HEAD = 61440
-DEFAULT_MAX_HEADERS = 100
-
-_MAX_CONTENT_LENGTH = 2**63 - 1
-_MAX_CHUNK_EXT = 4096  # bytes of extensions on one chunk-size line
-
-# Character classes as "delete tables": ``data.translate(None, _X)`` is empty
-# exactly when every byte of data belongs to class X (one C loop, no regex).
-_ALPHA = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_DIGIT = b"0123456789"
-_TOKEN = _ALPHA + _DIGIT + b"!#$%&'*+-.^_`|~"
-_VCHAR = bytes(range(0x21, 0x7F))
-_FIELD_VALUE = b"\t " + _VCHAR + bytes(range(0x80, 0x100))
-_HOST = _ALPHA + _DIGIT + b"-._~%!$&'()*+,;=:[]"
-_SCHEME = _ALPHA + _DIGIT + b"+-."
-_HEX = b"0123456789abcdefABCDEF"
-_OWS = b" \t"
-
-_HOP_BY_HOP = frozenset(
-    (
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    )
-)
 # Only fields with these name lengths can steer framing; others skip lower().
 _SPECIAL_LENGTHS = frozenset((4, 6, 7, 10, 14, 17))
-
-
-class ParseError(Exception):
-    """A message refused.  ``status`` is the HTTP status to answer with
-    (400, 431, 501, 505; 502 for responses); ``reason`` is short and safe to
-    send on the wire."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status = status
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.reason}"
 
 
 class RequestHead:
@@ -192,19 +173,6 @@ class ResponseHead:
     connection: tuple[bytes, ...]
 
 
-def is_token(data: bytes) -> bool:
-    """Whether ``data`` is a non-empty RFC 9110 token (a field name, a method)."""
-    return bool(data) and not data.translate(None, _TOKEN)
-
-
-def is_field_value(data: bytes) -> bool:
-    """Whether ``data`` may be sent as a field value: no CR, LF, NUL or other
-    controls except HTAB, and no leading or trailing whitespace."""
-    if data.translate(None, _FIELD_VALUE):
-        return False
-    return not data or (data[0] not in _OWS and data[-1] not in _OWS)
-
-
 class _Fields:
     """What the field lines of one head say about framing and routing."""
 
@@ -239,21 +207,6 @@ def _list_tokens(value: bytes, status: int, what: str) -> list[bytes]:
                 raise ParseError(status, f"invalid {what}")
             out.append(item.lower())
     return out
-
-
-def _field_line(line: bytes, status: int) -> tuple[bytes, bytes]:
-    colon = line.find(b":")
-    if colon <= 0:
-        if line[:1] in (b" ", b"\t"):
-            raise ParseError(status, "obsolete line folding")
-        raise ParseError(status, "invalid header field")
-    name = line[:colon]
-    if name.translate(None, _TOKEN):
-        raise ParseError(status, "invalid header name")
-    value = line[colon + 1 :].strip(_OWS)
-    if value.translate(None, _FIELD_VALUE):
-        raise ParseError(status, "invalid header value")
-    return name, value
 
 
 def _codings(value: bytes, status: int) -> list[bytes]:
@@ -579,228 +532,3 @@ def parse_response_head(
     elif head.body == BODY_UNTIL_CLOSE:
         head.keep_alive = False
     return head, end + 4
-
-
-def header_value(headers: list[tuple[bytes, bytes]], lname: bytes) -> bytes | None:
-    """The first value of the field named ``lname`` (lower-case), or None."""
-    size = len(lname)
-    for name, value in headers:
-        if len(name) == size and name.lower() == lname:
-            return value
-    return None
-
-
-def is_hop_by_hop(lname: bytes, connection: tuple[bytes, ...]) -> bool:
-    """Whether the lower-cased field name ``lname`` belongs to one hop only."""
-    return lname in _HOP_BY_HOP or lname in connection
-
-
-def end_to_end_headers(
-    headers: list[tuple[bytes, bytes]], connection: tuple[bytes, ...]
-) -> list[tuple[bytes, bytes]]:
-    """``headers`` without the hop-by-hop fields, in their original order."""
-    return [(n, v) for n, v in headers if not is_hop_by_hop(n.lower(), connection)]
-
-
-def keep_alive_timeout(headers: list[tuple[bytes, bytes]]) -> float | None:
-    """Seconds from ``Keep-Alive: timeout=N`` (the first field with a valid
-    one), or None."""
-    for name, value in headers:
-        if len(name) != 10 or name.lower() != b"keep-alive":
-            continue
-        for param in value.split(b","):
-            key, eq, number = param.partition(b"=")
-            if eq and key.strip(_OWS).lower() == b"timeout":
-                number = number.strip(_OWS).strip(b'"')
-                if number and len(number) <= 9 and not number.translate(None, _DIGIT):
-                    return float(int(number))
-    return None
-
-
-# ChunkedDecoder states.  The size line is read byte by byte so that any split
-# of the input works without re-scanning; chunk data is sliced in bulk.
-_SIZE_START = 0
-_SIZE = 1
-_EXT_NAME_START = 2
-_EXT_NAME = 3
-_EXT_VALUE_START = 4
-_EXT_VALUE = 5
-_EXT_QUOTED = 6
-_EXT_QUOTED_ESC = 7
-_EXT_QUOTED_END = 8
-_SIZE_LF = 9
-_DATA = 10
-_DATA_CR = 11
-_DATA_LF = 12
-_TRAILER = 13
-_DONE = 14
-_FAILED = 15
-
-_QDTEXT = frozenset(
-    b"\t !" + bytes(range(0x23, 0x5C)) + bytes(range(0x5D, 0x7F)) + bytes(range(0x80, 0x100))
-)
-_ESCAPABLE = frozenset(b"\t " + _VCHAR + bytes(range(0x80, 0x100)))
-_TOKEN_SET = frozenset(_TOKEN)
-_HEX_VALUE = {c: int(chr(c), 16) for c in _HEX}
-
-
-class ChunkedDecoder:
-    """Incremental decoder of a chunked body (RFC 9112 section 7.1)."""
-
-    __slots__ = (
-        "_ext",
-        "_line",
-        "_max_trailer_size",
-        "_remaining",
-        "_size",
-        "_state",
-        "_status",
-        "_trailer_size",
-        "done",
-        "trailers",
-    )
-
-    def __init__(self, max_trailer_size: int = DEFAULT_MAX_HEAD, *, response: bool = False) -> None:
-        self._state = _SIZE_START
-        self._size = 0
-        self._ext = 0
-        self._remaining = 0
-        self._line = bytearray()
-        self._trailer_size = 0
-        self._max_trailer_size = max_trailer_size
-        self._status = 502 if response else 400
-        self.done = False
-        self.trailers: list[tuple[bytes, bytes]] = []
-
-    def _fail(self, reason: str) -> ParseError:
-        self._state = _FAILED
-        return ParseError(self._status, reason)
-
-    def feed(self, data: bytes) -> tuple[list[bytes], int]:
-        if self.done:
-            return [], 0
-        if self._state == _FAILED:
-            raise ParseError(self._status, "invalid chunked body")
-        pieces: list[bytes] = []
-        n = len(data)
-        pos = 0
-        state = self._state
-        while pos < n and state != _DONE:  # the trailer step raises or sets _DONE
-            if state == _DATA:
-                take = min(self._remaining, n - pos)
-                pieces.append(bytes(data[pos : pos + take]))
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    state = _DATA_CR
-                continue
-            if state == _SIZE_START:
-                # Fast path: a whole, plain size line in this feed.
-                cr = data.find(b"\r\n", pos, pos + 18)
-                if cr > pos and not data[pos:cr].translate(None, _HEX):
-                    size = int(data[pos:cr], 16)
-                    if size > _MAX_CONTENT_LENGTH:
-                        raise self._fail("chunk size too large")
-                    pos = cr + 2
-                    state = _DATA if size else _TRAILER
-                    self._remaining = size
-                    continue
-            if state == _TRAILER:
-                state, pos = self._trailer(data, pos)
-                continue
-            c = data[pos]
-            pos += 1
-            if state == _DATA_CR:
-                if c != 13:
-                    raise self._fail("missing CRLF after chunk data")
-                state = _DATA_LF
-            elif state == _DATA_LF:
-                if c != 10:
-                    raise self._fail("missing CRLF after chunk data")
-                state = _SIZE_START
-            elif state in (_SIZE_START, _SIZE):
-                digit = _HEX_VALUE.get(c)
-                if digit is not None:
-                    self._ext += 1  # counts digits until the size line ends
-                    size = self._size * 16 + digit
-                    if size > _MAX_CONTENT_LENGTH or self._ext > 16:
-                        raise self._fail("chunk size too large")
-                    self._size = size
-                    state = _SIZE
-                elif state == _SIZE and c == 59:  # ;
-                    self._ext = 0
-                    state = _EXT_NAME_START
-                elif state == _SIZE and c == 13:
-                    state = _SIZE_LF
-                else:
-                    raise self._fail("invalid chunk size")
-            elif state == _SIZE_LF:
-                if c != 10:
-                    raise self._fail("invalid chunk size line")
-                self._remaining = self._size
-                self._size = 0
-                self._ext = 0
-                state = _DATA if self._remaining else _TRAILER
-            else:
-                self._ext += 1
-                if self._ext > _MAX_CHUNK_EXT:
-                    raise self._fail("chunk extensions too long")
-                state = self._extension(state, c)
-        self._state = state
-        return pieces, (pos if self.done else n)
-
-    def _extension(self, state: int, c: int) -> int:
-        if state == _EXT_QUOTED:
-            if c == 34:
-                return _EXT_QUOTED_END
-            if c == 92:
-                return _EXT_QUOTED_ESC
-            if c in _QDTEXT:
-                return state
-        elif state == _EXT_QUOTED_ESC:
-            if c in _ESCAPABLE:
-                return _EXT_QUOTED
-        elif state == _EXT_NAME_START:
-            if c in _TOKEN_SET:
-                return _EXT_NAME
-        elif state == _EXT_VALUE_START:
-            if c in _TOKEN_SET:
-                return _EXT_VALUE
-            if c == 34:
-                return _EXT_QUOTED
-        else:  # after a name, a token value or a quoted value
-            if c == 59:
-                return _EXT_NAME_START
-            if c == 13:
-                return _SIZE_LF
-            if state == _EXT_NAME and c == 61:
-                return _EXT_VALUE_START
-            if state != _EXT_QUOTED_END and c in _TOKEN_SET:
-                return state
-        raise self._fail("invalid chunk extension")
-
-    def _trailer(self, data: bytes, pos: int) -> tuple[int, int]:
-        lf = data.find(b"\n", pos)
-        stop = len(data) if lf < 0 else lf + 1
-        self._trailer_size += stop - pos
-        if self._trailer_size > self._max_trailer_size:
-            self._state = _FAILED
-            raise ParseError(431 if self._status == 400 else self._status, "trailers too large")
-        self._line += data[pos:stop]
-        if lf < 0:
-            return _TRAILER, stop
-        line = bytes(self._line)
-        self._line.clear()
-        if len(line) < 2 or line[-2] != 13:
-            raise self._fail("invalid trailer line")
-        if len(line) == 2:
-            self.done = True
-            return _DONE, stop
-        try:
-            self.trailers.append(_field_line(line[:-2], self._status))
-        except ParseError:
-            self._state = _FAILED
-            raise
-        if len(self.trailers) > DEFAULT_MAX_HEADERS:
-            raise self._fail("too many trailer fields")
-        return _TRAILER, stop
