@@ -269,6 +269,7 @@ class Supervisor:
                 ports[listener.name],
             )
         rt._ready = not rt.stop.is_set()
+        log.info("ready pid=%d worker=- workers=%d", os.getpid(), self.settings.workers)
         await rt.stop.wait()
         self.stopping = True
         for proc in self.procs.values():

@@ -16,6 +16,9 @@ from typing import cast
 from meshproxy.http1.context import ListenerContext
 from meshproxy.resolve import LocalReply
 
+# Client bytes held while the upstream connection opens, before we stop reading.
+PENDING_LIMIT = 65536
+
 
 class _Side(asyncio.Protocol):
     """One of the two connections of a TCP proxy pair."""
@@ -74,7 +77,7 @@ class _Side(asyncio.Protocol):
 class TcpProxy(_Side):
     """The client side; it owns the pair's timers and the upstream side."""
 
-    __slots__ = ("active", "connect_timer", "connecting", "ctx", "idle_timer")
+    __slots__ = ("active", "connect_timer", "connecting", "ctx", "idle_timer", "paused", "pending")
 
     def __init__(self, ctx: ListenerContext) -> None:
         super().__init__(None)
@@ -84,6 +87,26 @@ class TcpProxy(_Side):
         self.connecting: asyncio.Future[tuple[asyncio.Transport, _Side]] | None = None
         self.connect_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
+        # Bytes that arrive before the upstream connection exists.
+        self.pending: list[bytes] | None = []
+        self.paused = False
+
+    def data_received(self, data: bytes) -> None:
+        pending = self.pending
+        if pending is None:
+            super().data_received(data)
+            return
+        pending.append(data)
+        if not self.paused and sum(map(len, pending)) > PENDING_LIMIT:
+            self.paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.pending is not None:
+            self.eof = True  # passed on once connected
+            return True
+        return super().eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
@@ -96,7 +119,6 @@ class TcpProxy(_Side):
         if isinstance(target, LocalReply) or ctx.draining:
             client.close()
             return
-        client.pause_reading()  # until the upstream is there to take the bytes
         loop = ctx.loop
         fut = asyncio.ensure_future(
             loop.create_connection(lambda: _Side(self), target.host, target.port)
@@ -124,7 +146,15 @@ class TcpProxy(_Side):
         up = fut.result()[1]
         self.other = up
         up.other = self
-        self.transport.resume_reading()
+        assert up.transport is not None
+        if self.pending:
+            up.transport.write(b"".join(self.pending))
+        self.pending = None
+        if self.eof:
+            up.transport.write_eof()
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
         self.idle_timer = self.ctx.loop.call_later(self.ctx.idle_timeout, self.idle_check)
 
     def connect_timeout(self) -> None:

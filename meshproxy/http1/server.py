@@ -351,6 +351,7 @@ class HttpServer(asyncio.Protocol):
         if self.state == BODY:
             self.state = WAIT
             if self.up is not None and not self.head_sent:
+                self.started_fresh = False  # the wait starts now, not at the head
                 self.arm_request_timer()
 
     # -- upstream connection -----------------------------------------------

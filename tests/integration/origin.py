@@ -192,11 +192,14 @@ class Origin:
         left = int(headers.get("content-length", "0"))
         total = 0
         while left:
-            data = await reader.read(min(rate, left))
-            if not data:
-                break
-            total += len(data)
-            left -= len(data)
+            budget = min(rate, left)
+            while budget:
+                data = await reader.read(min(budget, 1 << 20))
+                if not data:
+                    return total
+                total += len(data)
+                left -= len(data)
+                budget -= len(data)
             await asyncio.sleep(0.05)
         return total
 

@@ -43,9 +43,7 @@ class ProxyProcess:
                 text = self.log()
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"proxy exited {self.proc.returncode}:\n{text}")
-                if re.search(r"^ready ", text, re.M) or (
-                    "listening" in text and "admin" in text and "worker" in text
-                ):
+                if re.search(r"^ready pid=\d+ worker=-", text, re.M):
                     break
                 await asyncio.sleep(0.05)
         text = self.log()
