@@ -39,7 +39,7 @@ cdef class ChunkedDecoder:
         self._size = 0
         self._ext = 0
         self._remaining = 0
-        self._line = bytearray()
+        self._line = None  # made on the first trailer byte: most bodies have none
         self._trailer_size = 0
         self._max_trailer_size = max_trailer_size
         self._status = 502 if response else 400
@@ -173,6 +173,8 @@ cdef class ChunkedDecoder:
         if self._trailer_size > self._max_trailer_size:
             self._state = S_FAILED
             raise ParseError(431 if self._status == 400 else self._status, "trailers too large")
+        if self._line is None:
+            self._line = bytearray()
         self._line += PyBytes_FromStringAndSize(<const char*>p + pos, stop - pos)
         if hit == NULL:
             return stop

@@ -17,6 +17,8 @@ _HOP_BY_HOP = frozenset(
 
 
 def _list_tokens(bytes value, int status, str what):
+    if value == b"keep-alive" or value == b"close":
+        return [value]
     out = []
     for item in value.split(b","):
         item = item.strip(_OWS)
@@ -28,6 +30,8 @@ def _list_tokens(bytes value, int status, str what):
 
 
 def _codings(bytes value, int status):
+    if value == b"chunked":
+        return [value]
     out = []
     for item in value.split(b","):
         name, semi, _ = item.partition(b";")
