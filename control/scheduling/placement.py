@@ -29,6 +29,7 @@ Sans-IO: no clock, no I/O, nothing executed; the caller acts on the decisions.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, islice, pairwise
@@ -69,6 +70,7 @@ _SAMPLE_NAMES = 3
 _MAX_SCORE = 100
 _MEMO_SHAPES = 32
 _STATIC_CACHE = 256
+_MAX_SHAPES = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class _Node:
         self.score_cpu = 0
         self.score_mem = 0
         self.groups: dict[str, int] = {}
-        self.memo: dict[tuple[int, int], tuple[int, int, int]] = {}
+        self.memo: dict[int, tuple[int, int, int]] = {}
 
 
 class _TaintSets:
@@ -151,6 +153,8 @@ class Scheduler:
             tuple[Selector, tuple[Toleration, ...], tuple[str, ...]], list[Reason | None]
         ] = {}
         self._shape = _shape_table(self.profile.shape)
+        # Pod request shapes (cpu, memory) numbered, so per-node memos hash small ints.
+        self._shapes: dict[tuple[int, int], int] = {}
         for spec in nodes:
             self.add_node(spec)
 
@@ -231,8 +235,8 @@ class Scheduler:
 
         feasible: list[_Node] = []
         found = 0
-        counts: dict[Reason, int] = {}
-        samples: dict[Reason, list[str]] = {}
+        whys: list[Reason] = []
+        rejected: list[_Node] = []
         start = self._next_start if self._next_start < total else 0
         evaluated = 0
         # One spread constraint is the common case; it is checked inline.
@@ -262,16 +266,11 @@ class Scheduler:
                 if found >= want:
                     break
                 continue
-            seen = counts.get(why, 0)
-            counts[why] = seen + 1
-            if seen < _SAMPLE_NAMES:
-                samples.setdefault(why, []).append(node.name)
+            whys.append(why)
+            rejected.append(node)
         self._next_start = (start + evaluated) % total if total else 0
 
-        rejections = tuple(
-            Rejection(f, r, n, tuple(samples[(f, r)]))
-            for (f, r), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-        )
+        rejections = _summarise(whys, rejected)
         if not feasible:
             detail = ", ".join(f"{r.count} {r.reason}" for r in rejections)
             message = f"0/{total} nodes are available" + (f": {detail}." if detail else ".")
@@ -462,51 +461,63 @@ class Scheduler:
         prof = self.profile
         cpu = pod.cpu_millis or DEFAULT_SCORE_CPU_MILLIS
         mem = pod.memory_bytes or DEFAULT_SCORE_MEMORY_BYTES
-        request = (cpu, mem)
+        shape = self._shapes.get((cpu, mem))
+        if shape is None:
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+                for node in self._nodes:
+                    node.memo.clear()
+            shape = self._shapes[(cpu, mem)] = len(self._shapes)
 
         # Plugins whose score is equal on every node cannot change the winner; they add a
         # constant and are not computed per node.
         untolerated = self._untolerated_soft(pod.tolerations)
         taint_counts = [untolerated[n.soft_id] for n in feasible] if len(untolerated) > 1 else []
         worst = max(taint_counts, default=0)
-        taint_scores = (
-            [_MAX_SCORE - _MAX_SCORE * c // worst for c in taint_counts] if worst else None
-        )
-        spread_scores = self._spread_scores(pod, feasible)
         taint_w = prof.taint_weight
+        taint_scores = (
+            [taint_w * (_MAX_SCORE - _MAX_SCORE * c // worst) for c in taint_counts]
+            if worst
+            else None
+        )
         spread_w = prof.spread_weight
+        spread_scores = self._spread_scores(pod, feasible)
+        if spread_scores is not None:
+            spread_scores = [spread_w * score for score in spread_scores]
+        if taint_scores is not None and spread_scores is not None:
+            extras = [t + s for t, s in zip(taint_scores, spread_scores, strict=True)]
+        else:
+            extras = taint_scores or spread_scores or []
 
+        # Resource scores depend only on the node's requested totals and the pod's request
+        # shape; a node changes only when a pod binds or leaves, so most pods find their
+        # shape's score already computed (`memo`, cleared on bind and release).
         best = feasible[0]
         best_total = -1
         best_index = 0
         for i, node in enumerate(feasible):
-            # Resource scores depend only on the node's requested totals and the pod's
-            # request; a node changes only when a pod binds or leaves, so most pods find
-            # the score already computed for their request shape.
-            memo = node.memo.get(request)
+            memo = node.memo.get(shape)
             if memo is None:
                 memo = self._resource_scores(node, cpu, mem)
                 if len(node.memo) >= _MEMO_SHAPES:
                     node.memo.clear()
-                node.memo[request] = memo
-            total = memo[0]
-            if taint_scores is not None:
-                total += taint_w * taint_scores[i]
-            if spread_scores is not None:
-                total += spread_w * spread_scores[i]
+                node.memo[shape] = memo
+            total = memo[0] + extras[i] if extras else memo[0]
             if total > best_total or (total == best_total and node.name < best.name):
                 best = node
                 best_total = total
                 best_index = i
 
-        _, fit, balanced = best.memo[request]
+        _, fit, balanced = best.memo[shape]
         parts = {
             "NodeResourcesFit": fit,
             "NodeResourcesBalancedAllocation": balanced,
-            "TaintToleration": taint_w
-            * (_MAX_SCORE if taint_scores is None else taint_scores[best_index]),
-            "PodTopologySpread": spread_w
-            * (_MAX_SCORE if spread_scores is None else spread_scores[best_index]),
+            "TaintToleration": taint_w * _MAX_SCORE
+            if taint_scores is None
+            else taint_scores[best_index],
+            "PodTopologySpread": spread_w * _MAX_SCORE
+            if spread_scores is None
+            else spread_scores[best_index],
         }
         return best, sum(parts.values()), parts
 
@@ -541,6 +552,27 @@ class Scheduler:
             balanced = _MAX_SCORE
         balanced *= prof.balanced_weight
         return fit + balanced, fit, balanced
+
+
+def _summarise(whys: list[Reason], rejected: list[_Node]) -> tuple[Rejection, ...]:
+    """Count rejections per reason (most first) with the first few node names of each.
+
+    The filter loop only appends; counting afterwards in C keeps the loop short.
+    """
+    counts = Counter(whys)
+    samples: dict[Reason, list[str]] = {why: [] for why in counts}
+    missing = sum(min(n, _SAMPLE_NAMES) for n in counts.values())
+    for why, node in zip(whys, rejected, strict=True):
+        names = samples[why]
+        if len(names) < _SAMPLE_NAMES:
+            names.append(node.name)
+            missing -= 1
+            if not missing:
+                break
+    return tuple(
+        Rejection(f, r, n, tuple(samples[(f, r)]))
+        for (f, r), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    )
 
 
 def _shape_table(points: tuple[tuple[int, int], ...]) -> list[int]:
