@@ -12,35 +12,32 @@ Nothing here touches a socket or a clock; the protocols in ``server`` and
 
 from __future__ import annotations
 
+import itertools
 import os
 
 from meshproxy import fastpath as fp
 
-# Hop-by-hop fields: they describe one connection and never cross the proxy.
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
+# The hop-by-hop rule (RFC 9110 section 7.6.1) is the parser's: one list for
+# every room that forwards fields.
+is_hop_by_hop = fp.is_hop_by_hop
 
 # Fields the proxy sets itself on the upstream request; the client's copies are
-# merged (X-Forwarded-For) or replaced (X-Forwarded-Proto).
+# merged (X-Forwarded-For), kept (X-Request-Id, Host) or replaced (X-Forwarded-Proto).
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XRID = b"x-request-id"
 _HOST = b"host"
+_PROXY_SET = frozenset({_XFF, _XFP, _XRID, _HOST})
 
-_REQUEST_SPECIAL = HOP_BY_HOP | {_XFF, _XFP, _XRID, _HOST}
+
+# Request ids: a random per-process prefix and a counter, 32 hex digits like a
+# uuid4's.  Unique without a getrandom() system call per request.
+_ID_PREFIX = os.urandom(8).hex().encode()
+_id_counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
 def new_request_id() -> bytes:
-    return os.urandom(16).hex().encode()
+    return b"%s%016x" % (_ID_PREFIX, next(_id_counter))
 
 
 def origin_form(target: bytes) -> tuple[bytes | None, bytes]:
@@ -85,7 +82,7 @@ def build_request_head(
     out = [head.method, b" ", path, b" HTTP/1.1\r\n"]
     for name, value in head.headers:
         lname = name.lower()
-        if lname in _REQUEST_SPECIAL or lname in drop:
+        if lname in _PROXY_SET:
             if lname == _XFF:
                 xff = value if xff is None else xff + b", " + value
             elif lname == _XRID:
@@ -94,8 +91,8 @@ def build_request_head(
             elif lname == _HOST and host is None:
                 host = value
                 out += (b"Host: ", authority or value, b"\r\n")
-            continue
-        out += (name, b": ", value, b"\r\n")
+        elif not is_hop_by_hop(lname, drop):
+            out += (name, b": ", value, b"\r\n")
     if host is None and authority is not None:
         out += (b"Host: ", authority, b"\r\n")
     if head.body == fp.BODY_CHUNKED:
@@ -135,7 +132,7 @@ def has_hop_by_hop(head: fp.ResponseHead) -> bool:
     drop = head.connection
     for name, value in head.headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in drop:
+        if is_hop_by_hop(lname, drop):
             if lname == b"connection" and value.lower() == b"keep-alive":
                 continue
             return True
@@ -165,7 +162,7 @@ def build_response_head(
     out = [status_line(head.status, head.reason)]
     for name, value in head.headers:
         lname = name.lower()
-        if lname in HOP_BY_HOP or lname in drop:
+        if is_hop_by_hop(lname, drop):
             if upgrade and lname == b"upgrade":
                 out += (name, b": ", value, b"\r\n")
             continue
@@ -178,17 +175,6 @@ def build_response_head(
         out.append(b"Transfer-Encoding: chunked\r\n")
     out.append(b"\r\n")
     return b"".join(out)
-
-
-def keep_alive_timeout(head: fp.ResponseHead) -> float | None:
-    """The ``timeout=N`` of a response's Keep-Alive field, in seconds, or None."""
-    for name, value in head.headers:
-        if name.lower() == b"keep-alive":
-            for param in value.split(b","):
-                key, sep, num = param.strip().partition(b"=")
-                if sep and key.strip().lower() == b"timeout" and num.strip().isdigit():
-                    return float(int(num.strip()))
-    return None
 
 
 def idle_deadline(configured: float, announced: float | None) -> float:

@@ -21,12 +21,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
-from meshproxy.http1.head import (
-    build_response_head,
-    has_hop_by_hop,
-    idle_deadline,
-    keep_alive_timeout,
-)
+from meshproxy.http1.head import build_response_head, has_hop_by_hop, idle_deadline
 from meshproxy.http1.replies import CONTINUE
 
 if TYPE_CHECKING:
@@ -237,7 +232,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep = head.keep_alive
         hop = has_hop_by_hop(head)
         if hop:
-            announced = keep_alive_timeout(head)
+            announced = fp.keep_alive_timeout(head.headers)
             if announced is not None:
                 self.idle_after = idle_deadline(ctx.upstream_idle, announced)
         body = head.body
@@ -277,7 +272,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.finish()
         elif body == fp.BODY_CHUNKED:
             down.transport.write(out)
-            self.decoder = fp.ChunkedDecoder()
+            self.decoder = fp.ChunkedDecoder(response=True)
             self.state = CHUNKED
             if rest:
                 self.relay_chunked(bytes(rest))
