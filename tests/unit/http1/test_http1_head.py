@@ -1,0 +1,168 @@
+"""Head rewriting: hop-by-hop removal, forwarded fields, framing announcements."""
+
+from __future__ import annotations
+
+from meshproxy import fastpath as fp
+from meshproxy.http1.head import (
+    build_request_head,
+    build_response_head,
+    has_hop_by_hop,
+    idle_deadline,
+    new_request_id,
+    origin_form,
+    status_line,
+    strip_port,
+)
+
+
+def request(raw: bytes) -> fp.RequestHead:
+    got = fp.parse_request_head(raw)
+    assert got is not None
+    return got[0]
+
+
+def response(raw: bytes, method: bytes = b"GET") -> fp.ResponseHead:
+    got = fp.parse_response_head(raw, 0, method)
+    assert got is not None
+    return got[0]
+
+
+def lines(head: bytes) -> list[bytes]:
+    assert head.endswith(b"\r\n\r\n")
+    return head[:-4].split(b"\r\n")
+
+
+def test_request_head_drops_hop_by_hop_fields_and_those_named_by_connection() -> None:
+    head = request(
+        b"GET /a HTTP/1.1\r\nHost: web\r\nConnection: keep-alive, X-Private\r\n"
+        b"X-Private: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: close\r\nTE: trailers\r\n"
+        b"Accept: */*\r\n\r\n"
+    )
+    out = lines(build_request_head(head, b"/a", b"10.1.1.1", None))
+    names = [line.split(b":")[0].lower() for line in out[1:]]
+    assert out[0] == b"GET /a HTTP/1.1"
+    for gone in (b"connection", b"x-private", b"keep-alive", b"proxy-connection", b"te"):
+        assert gone not in names
+    assert b"Accept: */*" in out
+    assert b"Host: web" in out
+
+
+def test_request_head_appends_client_to_forwarded_for_and_sets_proto() -> None:
+    head = request(
+        b"GET / HTTP/1.1\r\nHost: web\r\nX-Forwarded-For: 1.1.1.1\r\n"
+        b"X-Forwarded-For: 2.2.2.2\r\nX-Forwarded-Proto: https\r\n\r\n"
+    )
+    out = lines(build_request_head(head, b"/", b"10.0.0.9", None))
+    assert b"X-Forwarded-For: 1.1.1.1, 2.2.2.2, 10.0.0.9" in out
+    assert b"X-Forwarded-Proto: http" in out
+    assert sum(line.lower().startswith(b"x-forwarded-") for line in out) == 2
+
+
+def test_request_id_is_added_when_absent_and_kept_when_given() -> None:
+    fresh = lines(
+        build_request_head(request(b"GET / HTTP/1.1\r\nHost: w\r\n\r\n"), b"/", b"ip", None)
+    )
+    given = lines(
+        build_request_head(
+            request(b"GET / HTTP/1.1\r\nHost: w\r\nX-Request-Id: abc\r\n\r\n"), b"/", b"ip", None
+        )
+    )
+    ids = [line for line in fresh if line.startswith(b"X-Request-Id: ")]
+    assert len(ids) == 1 and len(ids[0]) == len(b"X-Request-Id: ") + 32
+    assert [line for line in given if line.lower().startswith(b"x-request-id")] == [
+        b"X-Request-Id: abc"
+    ]
+
+
+def test_request_ids_differ() -> None:
+    assert len({new_request_id() for _ in range(1000)}) == 1000
+
+
+def test_http10_request_goes_upstream_as_http11_with_chunked_kept() -> None:
+    head = request(b"GET / HTTP/1.0\r\nHost: w\r\n\r\n")
+    assert build_request_head(head, b"/", b"ip", None).startswith(b"GET / HTTP/1.1\r\n")
+    chunked = request(b"POST / HTTP/1.1\r\nHost: w\r\nTransfer-Encoding: chunked\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in lines(build_request_head(chunked, b"/", b"ip", None))
+
+
+def test_absolute_form_authority_replaces_host() -> None:
+    head = request(b"GET http://svc:81/x HTTP/1.1\r\nHost: elsewhere\r\n\r\n")
+    out = lines(build_request_head(head, b"/x", b"ip", b"svc:81"))
+    assert out[0] == b"GET /x HTTP/1.1"
+    assert b"Host: svc:81" in out and b"Host: elsewhere" not in out
+
+
+def test_upgrade_request_keeps_its_upgrade() -> None:
+    head = request(
+        b"GET /ws HTTP/1.1\r\nHost: w\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    out = lines(build_request_head(head, b"/ws", b"ip", None))
+    assert b"Connection: upgrade" in out and b"Upgrade: websocket" in out
+
+
+def test_origin_form_splits_absolute_targets_only() -> None:
+    assert origin_form(b"/a?b") == (None, b"/a?b")
+    assert origin_form(b"http://svc:8080/p?q=1") == (b"svc:8080", b"/p?q=1")
+    assert origin_form(b"http://svc") == (b"svc", b"/")
+    assert origin_form(b"http://svc?x") == (b"svc", b"/?x")
+    assert origin_form(b"*") == (None, b"*")
+
+
+def test_strip_port() -> None:
+    assert strip_port(b"svc:80") == b"svc"
+    assert strip_port(b"svc") == b"svc"
+    assert strip_port(b"[::1]:80") == b"::1"
+
+
+def test_plain_response_head_is_forwarded_untouched() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n"
+    head = response(raw)
+    assert not has_hop_by_hop(head)
+    assert build_response_head(head, raw, False, False, None, False) is raw
+
+
+def test_response_head_loses_hop_by_hop_and_announces_our_framing() -> None:
+    raw = (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: x-secret\r\n"
+        b"X-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\n\r\n"
+    )
+    head = response(raw)
+    assert has_hop_by_hop(head)
+    out = lines(build_response_head(head, raw, True, True, b"close", False))  # type: ignore[arg-type]
+    assert out[0] == b"HTTP/1.1 200 OK"
+    assert sorted(out[1:]) == sorted(
+        [b"X-Kept: 1", b"Connection: close", b"Transfer-Encoding: chunked"]
+    )
+
+
+def test_http10_response_is_rewritten_as_http11() -> None:
+    raw = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+    out = build_response_head(response(raw), raw, False, False, b"keep-alive", False)
+    assert lines(bytes(out)) == [
+        b"HTTP/1.1 200 OK",
+        b"Content-Length: 0",
+        b"Connection: keep-alive",
+    ]
+
+
+def test_switching_protocols_keeps_upgrade() -> None:
+    raw = (
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Accept: x\r\n\r\n"
+    )
+    out = lines(bytes(build_response_head(response(raw), raw, True, False, None, True)))
+    assert b"Upgrade: websocket" in out and b"Connection: upgrade" in out
+    assert b"Sec-WebSocket-Accept: x" in out
+
+
+def test_status_lines_are_cached() -> None:
+    assert status_line(200, b"OK") is status_line(200, b"OK")
+    assert status_line(404, b"Nope") == b"HTTP/1.1 404 Nope\r\n"
+
+
+def test_idle_deadline_stays_below_the_upstream_keep_alive() -> None:
+    assert idle_deadline(50.0, None) == 50.0
+    assert idle_deadline(50.0, 5.0) == 4.0
+    assert idle_deadline(3.0, 60.0) == 3.0
+    assert idle_deadline(50.0, 1.0) == 0.5
+    assert idle_deadline(50.0, 0.0) == 0.0
