@@ -57,6 +57,7 @@ class ListenerContext:
         "connect_timeout",
         "connections",
         "draining",
+        "http10_endpoints",
         "idle_timeout",
         "listener",
         "loop",
@@ -96,6 +97,8 @@ class ListenerContext:
         self.pool: IdlePool[UpstreamConnection] = IdlePool()
         self.connections: set[Closable] = set()
         self.draining = False
+        # Endpoints that answered in HTTP/1.0: they never send 100 Continue.
+        self.http10_endpoints: set[tuple[str, int]] = set()
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after

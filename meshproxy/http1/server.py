@@ -10,6 +10,11 @@ and are parsed once the current response is complete, so responses stay in
 order.  After any framing error the connection closes: nothing that follows
 an unparseable message can be trusted not to be a smuggled request.
 
+``Expect: 100-continue`` is forwarded and the upstream's 100 relayed; an
+endpoint that has answered in HTTP/1.0 (which knows no 100) gets no chance:
+the proxy answers 100 itself.  The first request to an unknown HTTP/1.0
+endpoint waits for the client to give up waiting (curl: 1 s).
+
 Callback style throughout (no task per request): timers are ``call_later``
 handles, idle timers re-armed lazily.
 
@@ -297,13 +302,13 @@ class HttpServer(asyncio.Protocol):
         self.request_done = done
         self.state = WAIT if done else BODY
         self.sent = payload if done and head.method in IDEMPOTENT else None
+        if self.expect_continue and target.key in ctx.http10_endpoints:
+            # An HTTP/1.0 upstream never sends 100: we answer it ourselves.
+            assert self.transport is not None
+            self.transport.write(CONTINUE)
+            self.expect_continue = False
         up = ctx.pool.take(target.key)
         if up is not None:
-            if self.expect_continue and up.version == 10:
-                # An HTTP/1.0 upstream never sends 100: we answer it ourselves.
-                assert self.transport is not None
-                self.transport.write(CONTINUE)
-                self.expect_continue = False
             self.attach(up, payload)
         else:
             self.connect(payload)

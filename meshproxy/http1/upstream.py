@@ -229,6 +229,8 @@ class UpstreamConnection(asyncio.Protocol):
             down.upstream_bad_response()
             return
         self.version = head.version
+        if head.version == 10:
+            ctx.http10_endpoints.add(self.key)
         self.keep = head.keep_alive
         hop = has_hop_by_hop(head)
         if hop:

@@ -39,6 +39,9 @@ class Origin:
     idle_close_after: float | None = None  # close a connection idle that long
     keep_alive_header: str | None = None  # e.g. "timeout=1"
     version: str = "HTTP/1.1"
+    # Per connection: after this many answers, read the next head and close
+    # without answering (the race of a keep-alive connection closing).
+    drop_after: int | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -63,6 +66,7 @@ class Origin:
         self._tasks.add(task)
         self._writers.add(writer)
         self.connections += 1
+        answered = 0
         try:
             while True:
                 try:
@@ -73,8 +77,12 @@ class Origin:
                         raw = await reader.readuntil(b"\r\n\r\n")
                 except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
                     return
+                if self.drop_after is not None and answered >= self.drop_after:
+                    self.requests.append(Seen("DROPPED", "", {}, raw))
+                    return
                 if not await self._answer(raw, reader, writer):
                     return
+                answered += 1
         except (ConnectionError, asyncio.IncompleteReadError):
             return
         finally:

@@ -183,3 +183,24 @@ async def test_bad_upstream_response_answers_502(proxies: StartProxy) -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_idempotent_request_failing_on_a_reused_connection_is_retried_once(
+    proxies: StartProxy,
+) -> None:
+    origin = await Origin(drop_after=1).start()
+    try:
+        proxy = await proxies(basic_config({"web": [origin.port]}))
+        async with asyncio.timeout(10):
+            conn = await Conn.open(proxy.ports["outbound"])
+            first = await conn.request(get("/"))
+            retried = await conn.request(get("/head"))  # the reused connection drops it
+            post = await conn.request(b"POST / HTTP/1.1\r\nHost: web\r\nContent-Length: 1\r\n\r\nx")
+            await conn.close()
+        assert (first.status, retried.status) == (200, 200)
+        assert retried.body.startswith(b"GET /head ")
+        # A POST is not retried: the client learns the upstream failed.
+        assert post.status == 502
+        assert [r.method for r in origin.requests] == ["GET", "DROPPED", "GET", "DROPPED"]
+    finally:
+        await origin.stop()

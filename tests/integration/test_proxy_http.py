@@ -226,3 +226,26 @@ async def test_large_body_both_ways(origin: Origin, proxies: StartProxy) -> None
         await conn.close()
     assert echoed.body == body
     assert len(big.body) == 5_000_000
+
+
+async def test_expect_continue_to_an_http10_origin_is_answered_by_the_proxy(
+    proxies: StartProxy,
+) -> None:
+    origin = await Origin(version="HTTP/1.0").start()
+    try:
+        proxy = await proxies(basic_config({"web": [origin.port]}))
+        async with asyncio.timeout(10):
+            conn = await Conn.open(proxy.ports["outbound"])
+            assert (await conn.request(get("/"))).status == 200  # the proxy learns "1.0"
+            conn.send(
+                b"POST /echo HTTP/1.1\r\nHost: web\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 4\r\n\r\n"
+            )
+            interim = await conn.reader.readuntil(b"\r\n\r\n")
+            conn.send(b"data")
+            final = await conn.response()
+            await conn.close()
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        assert (final.status, final.body) == (200, b"data")
+    finally:
+        await origin.stop()
