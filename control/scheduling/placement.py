@@ -6,8 +6,9 @@ How a decision is made (kube-scheduler's framework, condensed into one loop):
    TaintToleration (NoSchedule / NoExecute), PodTopologySpread's missing-key check,
    then NodeResourcesFit (cpu, memory, pod count), MaxPerNode and PodTopologySpread's
    skew check (DoNotSchedule). The first filter a node fails is the one it is counted
-   against in the decision. The load-independent checks come first because their
-   verdicts are computed once per node set and shared by all pods alike.
+   against in the decision. The load-independent checks come first: their verdicts are
+   computed once per node set for all pods alike (`eligibility.py`), so the loop walks
+   only the nodes that pass them.
 2. Sampling, as kube-scheduler's percentageOfNodesToScore: the search stops once
    `max(100, nodes * pct%)` feasible nodes are found, where pct defaults to
    `max(5, 50 - nodes/125)` (10% = 500 nodes for a 5,000-node cluster). The next
@@ -29,11 +30,11 @@ Sans-IO: no clock, no I/O, nothing executed; the caller acts on the decisions.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import chain, islice, pairwise
 
+from control.scheduling.eligibility import Eligibility, Reason, summarise
 from control.scheduling.model import (
     DEFAULT_SCORE_CPU_MILLIS,
     DEFAULT_SCORE_MEMORY_BYTES,
@@ -42,7 +43,6 @@ from control.scheduling.model import (
     FitStrategy,
     NodeSpec,
     PodSpec,
-    Rejection,
     SchedulerProfile,
     SchedulingError,
     Taint,
@@ -51,8 +51,6 @@ from control.scheduling.model import (
     WhenUnsatisfiable,
 )
 from control.scheduling.spread import Selector, SpreadCounts, selector_matches
-
-Reason = tuple[str, str]  # (filter plugin, message)
 
 _R_UNSCHEDULABLE: Reason = ("NodeUnschedulable", "node(s) were unschedulable")
 _R_SELECTOR: Reason = ("NodeAffinity", "node(s) didn't match Pod's node affinity/selector")
@@ -66,7 +64,6 @@ _R_SPREAD_LABEL: Reason = (
     "node(s) didn't match pod topology spread constraints (missing required label)",
 )
 _UNSCHEDULABLE_TAINT = Taint(UNSCHEDULABLE_TAINT_KEY, "", TaintEffect.NO_SCHEDULE)
-_SAMPLE_NAMES = 3
 _MAX_SCORE = 100
 _MEMO_SHAPES = 32
 _STATIC_CACHE = 256
@@ -150,7 +147,7 @@ class Scheduler:
         self._untolerated: dict[tuple[Toleration, ...], list[int]] = {}
         self._spread = SpreadCounts()
         self._static: dict[
-            tuple[Selector, tuple[Toleration, ...], tuple[str, ...]], list[Reason | None]
+            tuple[Selector, tuple[Toleration, ...], tuple[str, ...]], Eligibility[_Node]
         ] = {}
         self._shape = _shape_table(self.profile.shape)
         # Pod request shapes (cpu, memory) numbered, so per-node memos hash small ints.
@@ -228,7 +225,7 @@ class Scheduler:
         want = self._feasible_to_find(total)
         cpu = pod.cpu_millis
         mem = pod.memory_bytes
-        static = self._static_verdicts(pod)
+        eligible = self._eligibility(pod)
         group = pod.group
         max_per_node = pod.max_per_node or 0
         blocked = self._spread_blocked(pod)
@@ -238,17 +235,15 @@ class Scheduler:
         whys: list[Reason] = []
         rejected: list[_Node] = []
         start = self._next_start if self._next_start < total else 0
-        evaluated = 0
         # One spread constraint is the common case; it is checked inline.
         spread_key, spread_domains = blocked[0] if blocked else ("", frozenset[str]())
         more_blocked = blocked[1:]
-        ordered = zip(nodes, static, strict=True)
-        pairs = chain(islice(ordered, start, None), islice(zip(nodes, static, strict=True), start))
-        for node, static_why in pairs:
-            evaluated += 1
-            if static_why is not None:
-                why = static_why
-            elif node.free_cpu < cpu:
+        passing = eligible.nodes
+        first = eligible.index_from(start)
+        steps = 0
+        for node in chain(islice(passing, first, None), islice(passing, first)):
+            steps += 1
+            if node.free_cpu < cpu:
                 why = _R_CPU
             elif node.free_mem < mem:
                 why = _R_MEMORY
@@ -268,9 +263,16 @@ class Scheduler:
                 continue
             whys.append(why)
             rejected.append(node)
+        else:
+            steps = 0
+        evaluated = eligible.walked(start, first, steps) if steps else total
         self._next_start = (start + evaluated) % total if total else 0
 
-        rejections = _summarise(whys, rejected)
+        static = {
+            why: (number, [nodes[p].name for p in positions])
+            for why, (number, positions) in eligible.rejections(start, evaluated).items()
+        }
+        rejections = summarise(static, whys, rejected)
         if not feasible:
             detail = ", ".join(f"{r.count} {r.reason}" for r in rejections)
             message = f"0/{total} nodes are available" + (f": {detail}." if detail else ".")
@@ -352,12 +354,12 @@ class Scheduler:
     def _node_labels(self) -> Iterator[Mapping[str, str]]:
         return (node.labels for node in self._nodes)
 
-    def _static_verdicts(self, pod: PodSpec) -> list[Reason | None]:
-        """Per node, in node order: the filter that rejects it whatever the cluster load
-        (NodeUnschedulable, NodeAffinity, TaintToleration, a missing topology key), or None.
+    def _eligibility(self, pod: PodSpec) -> Eligibility[_Node]:
+        """The nodes `pod` may use whatever the cluster load, and why the others may not
+        (NodeUnschedulable, NodeAffinity, TaintToleration, a missing topology key).
 
-        Pods sharing a selector, tolerations and spread keys share one list, computed once
-        per node set.
+        Pods sharing a selector, tolerations and spread keys share one answer, computed
+        once per node set.
         """
         selector: Selector = tuple(sorted(pod.node_selector.items()))
         tolerations = pod.tolerations
@@ -390,8 +392,8 @@ class Scheduler:
             verdicts.append(why)
         if len(self._static) >= _STATIC_CACHE:
             self._static.clear()
-        self._static[cache_key] = verdicts
-        return verdicts
+        answer = self._static[cache_key] = Eligibility(self._nodes, verdicts)
+        return answer
 
     def _spread_blocked(self, pod: PodSpec) -> list[tuple[str, frozenset[str]]]:
         """Per DoNotSchedule constraint: its topology key and the domains it rules out now.
@@ -552,27 +554,6 @@ class Scheduler:
             balanced = _MAX_SCORE
         balanced *= prof.balanced_weight
         return fit + balanced, fit, balanced
-
-
-def _summarise(whys: list[Reason], rejected: list[_Node]) -> tuple[Rejection, ...]:
-    """Count rejections per reason (most first) with the first few node names of each.
-
-    The filter loop only appends; counting afterwards in C keeps the loop short.
-    """
-    counts = Counter(whys)
-    samples: dict[Reason, list[str]] = {why: [] for why in counts}
-    missing = sum(min(n, _SAMPLE_NAMES) for n in counts.values())
-    for why, node in zip(whys, rejected, strict=True):
-        names = samples[why]
-        if len(names) < _SAMPLE_NAMES:
-            names.append(node.name)
-            missing -= 1
-            if not missing:
-                break
-    return tuple(
-        Rejection(f, r, n, tuple(samples[(f, r)]))
-        for (f, r), n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    )
 
 
 def _shape_table(points: tuple[tuple[int, int], ...]) -> list[int]:

@@ -403,6 +403,30 @@ def test_large_clusters_score_a_rotating_sample_of_nodes() -> None:
     assert third.node == "n001"
 
 
+def test_rejections_count_only_the_nodes_walked_even_when_the_walk_wraps() -> None:
+    names = [f"n{i:03d}" for i in range(200)]
+    tainted = {n for i, n in enumerate(names) if i % 4 == 0}
+    taint = (Taint("dedicated", "x"),)
+    s = Scheduler([node(n, taints=taint if n in tainted else ()) for n in names])
+    start = 0
+    for i in range(3):
+        # Reference walk: from `start`, wrapping, until 100 untainted nodes are seen.
+        walked: list[str] = []
+        passing = 0
+        while passing < 100:
+            name = names[(start + len(walked)) % len(names)]
+            walked.append(name)
+            passing += name not in tainted
+        d = s.schedule(pod(f"p{i}"))
+        assert d.nodes_evaluated == len(walked)
+        assert [(r.count, r.nodes) for r in d.rejections] == [
+            (len(tainted & set(walked)), tuple(n for n in walked if n in tainted)[:3])
+        ]
+        if i == 1:
+            assert start + len(walked) > len(names)  # this walk wraps past n199
+        start = (start + len(walked)) % len(names)
+
+
 def test_percentage_of_nodes_to_score_100_scores_every_node() -> None:
     s = Scheduler(
         [node(f"n{i:03d}") for i in range(300)], SchedulerProfile(percentage_of_nodes_to_score=100)
