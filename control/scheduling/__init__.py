@@ -1,4 +1,4 @@
-"""Scheduling for the control plane: where instances run and how many.
+"""Scheduling for the control plane: where instances run.
 
 `model` holds the values (nodes, pods, taints, decisions), `eligibility` the
 load-independent filter verdicts, `spread` the topology-spread counts, `placement` the

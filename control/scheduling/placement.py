@@ -408,7 +408,7 @@ class Scheduler:
             if c.when_unsatisfiable is not WhenUnsatisfiable.DO_NOT_SCHEDULE:
                 continue
             selector = c.selector
-            counts = self._spread.counts(c.topology_key, selector, self._placed)
+            counts = self._spread.counts(c.topology_key, selector, node_selector, self._placed)
             eligible = self._spread.eligible_domains(
                 c.topology_key, node_selector, self._node_labels
             )
@@ -435,7 +435,7 @@ class Scheduler:
         node_selector: Selector = tuple(sorted(pod.node_selector.items()))
         terms = []
         for c in soft:
-            counts = self._spread.counts(c.topology_key, c.selector, self._placed)
+            counts = self._spread.counts(c.topology_key, c.selector, node_selector, self._placed)
             eligible = self._spread.eligible_domains(
                 c.topology_key, node_selector, self._node_labels
             )

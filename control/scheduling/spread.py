@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 
 Selector = tuple[tuple[str, str], ...]
-CountKey = tuple[str, Selector]
+CountKey = tuple[str, Selector, Selector]  # topology key, pod selector, node selector
 
 
 def selector_matches(selector: Selector, labels: Mapping[str, str]) -> bool:
@@ -31,21 +31,27 @@ class SpreadCounts:
         self,
         key: str,
         selector: Selector,
+        node_selector: Selector,
         placed: Callable[[], Iterable[tuple[Mapping[str, str], Mapping[str, str]]]],
     ) -> dict[str, int]:
         """The live per-domain counts for one constraint, registering it on first use.
 
-        `placed` yields (pod labels, node labels) of every bound pod; it is called only
-        when the constraint is new.
+        Only pods on nodes that pass the incoming pod's node selector count (Kubernetes'
+        nodeAffinityPolicy=Honor). `placed` yields (pod labels, node labels) of every
+        bound pod; it is called only when the constraint is new.
         """
-        ck = (key, selector)
+        ck = (key, selector, node_selector)
         found = self._counts.get(ck)
         if found is not None:
             return found
         counts: dict[str, int] = {}
         for pod_labels, node_labels in placed():
             domain = node_labels.get(key)
-            if domain is not None and selector_matches(selector, pod_labels):
+            if (
+                domain is not None
+                and selector_matches(selector, pod_labels)
+                and selector_matches(node_selector, node_labels)
+            ):
                 counts[domain] = counts.get(domain, 0) + 1
         self._counts[ck] = counts
         self._by_item.setdefault(selector[0] if selector else None, []).append(ck)
@@ -61,9 +67,13 @@ class SpreadCounts:
             if more:
                 candidates = candidates + more
         for ck in candidates:
-            key, selector = ck
+            key, selector, node_selector = ck
             domain = node_labels.get(key)
-            if domain is not None and selector_matches(selector, pod_labels):
+            if (
+                domain is not None
+                and selector_matches(selector, pod_labels)
+                and selector_matches(node_selector, node_labels)
+            ):
                 counts = self._counts[ck]
                 counts[domain] = counts.get(domain, 0) + delta
 

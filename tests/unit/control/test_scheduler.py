@@ -272,6 +272,27 @@ def test_spread_skew_is_measured_against_domains_the_selector_allows() -> None:
     assert zone_counts(s) == {"a": 2, "b": 2}
 
 
+def test_spread_counts_only_pods_on_nodes_the_selector_allows() -> None:
+    s = Scheduler(
+        [
+            node("a-ssd", labels={ZONE_LABEL: "a", "disk": "ssd"}),
+            node("a-hdd", labels={ZONE_LABEL: "a", "disk": "hdd"}),
+            node("b-ssd", labels={ZONE_LABEL: "b", "disk": "ssd"}),
+        ]
+    )
+    app = {"app": "api"}
+    constraint = SpreadConstraint(1, ZONE_LABEL, match_labels=app)
+    ssd = {"disk": "ssd"}
+    # Counted both ways: pods bound before the constraint is first seen, and after.
+    s.bind(pod("old-0", labels=app), "a-hdd")
+    assert s.schedule(pod("probe", spread=(constraint,), node_selector=ssd)).placed
+    s.release("probe")
+    s.bind(pod("old-1", labels=app), "a-hdd")
+    p = pod("p", labels=app, spread=(constraint,), node_selector=ssd)
+    # nodeAffinityPolicy=Honor: the pods on a-hdd do not count, so zone a is not ahead.
+    assert s.schedule(p).node == "a-ssd"
+
+
 def test_min_domains_treats_missing_domains_as_empty() -> None:
     s = Scheduler([zoned("a-0", "a"), zoned("b-0", "b")])
     for i in range(2):
