@@ -258,7 +258,7 @@ class Autoscaler:
                     f">= {cfg.panic_threshold:g}x the {ready} ready"
                 )
             self._panic_since = now
-        elif self._panic_since is not None and now - self._panic_since >= cfg.stable_window:
+        elif self._panic_since is not None and now - self._panic_since > cfg.stable_window:
             steps.append(f"panic over: threshold not crossed for {cfg.stable_window:g}s")
             self._panic_since = None
             self._max_panic_pods = 0

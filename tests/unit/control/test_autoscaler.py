@@ -101,19 +101,22 @@ def test_spike_panic_holds_the_peak_then_scales_down_after_stabilisation() -> No
     # Panic wanted 20, the default scale-up policy allowed +4; once the spike is over
     # nothing scales further up, and nothing scales down while panicking.
     assert max(timeline.values()) == 5
-    assert all(timeline[t] == 5 for t in range(100, 472))
-    assert any("panic over" in d.reason for d in decisions)
-    assert timeline[472] == 2 and timeline[474] == 1
-    assert all(timeline[t] == 1 for t in range(474, 701))
+    assert all(timeline[t] == 5 for t in range(100, 474))
+    # Last crossing at t=112 (105 concurrent wants 11 pods, 2.2x the 5 ready); panic
+    # ends once more than a stable window (60 s) has passed since.
+    assert [d.time for d in decisions if "panic over" in d.reason] == [174]
+    assert all(d.panicking for d in decisions if 100 <= d.time < 174)
+    assert timeline[474] == 2 and timeline[476] == 1
+    assert all(timeline[t] == 1 for t in range(476, 701))
 
 
 def test_spike_without_hpa_policies_follows_the_panic_window_within_seconds() -> None:
     knative = AutoscalerConfig(target=10, scale_up_policies=())
     timeline, _ = simulate(knative, lambda t: 200 if 100 <= t < 110 else 10, 700)
     assert [timeline[t] for t in (100, 102, 104, 106)] == [5, 11, 17, 20]
-    assert all(timeline[t] == 20 for t in range(106, 462))
+    assert all(timeline[t] == 20 for t in range(106, 464))
     # KPA's max scale-down rate halves at most per decision.
-    assert [timeline[t] for t in (462, 464, 466, 470)] == [10, 5, 2, 1]
+    assert [timeline[t] for t in (464, 466, 468, 470)] == [10, 5, 2, 1]
 
 
 def test_scale_to_zero_waits_for_the_stable_window_and_grace_period() -> None:
