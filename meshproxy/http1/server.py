@@ -461,10 +461,6 @@ class HttpServer(asyncio.Protocol):
         self.expect_continue = False
         return expect
 
-    def response_started(self, status: int) -> None:
-        self.status = status
-        self.awaiting_head = False
-
     def close_after_response(self, body: int) -> bool:
         """Decide, as the response head leaves, whether the client connection
         closes after this response."""
@@ -508,7 +504,9 @@ class HttpServer(asyncio.Protocol):
         if self.buf:
             self.read_heads(self.buf)
         else:
-            self.arm_idle(now)
+            self.idle_since = now  # arm_idle, inlined: this runs once per request
+            if self.idle_timer is None:
+                self.idle_timer = ctx.loop.call_later(ctx.idle_timeout, self.idle_check)
 
     def upstream_failed(self, up: UpstreamConnection, retryable: bool) -> None:
         """``up`` closed before any response byte."""

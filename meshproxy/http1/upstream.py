@@ -223,7 +223,8 @@ class UpstreamConnection(asyncio.Protocol):
             if head.status == 100 and down.expects_continue():
                 down.transport.write(CONTINUE)
             start = end
-        down.response_started(head.status)
+        down.status = head.status
+        down.awaiting_head = False
         if head.body == fp.BODY_TUNNEL and not down.upgrade_requested:
             self.close()
             down.upstream_bad_response()
@@ -247,8 +248,24 @@ class UpstreamConnection(asyncio.Protocol):
             connection = b"keep-alive"
         else:
             connection = None
+        unchanged = not hop and connection is None and not chunked_out and head.version == 11
+        if (
+            unchanged
+            and body == fp.BODY_LENGTH
+            and start == 0
+            and type(src) is bytes
+            and len(src) - end == head.content_length
+        ):
+            down.transport.write(src)  # the whole message, untouched: the common case
+            self.finish()
+            return
         raw = src[start:end]
-        out = build_response_head(head, raw, hop, chunked_out, connection, body == fp.BODY_TUNNEL)
+        if unchanged:
+            out = raw
+        else:
+            out = build_response_head(
+                head, raw, hop, chunked_out, connection, body == fp.BODY_TUNNEL
+            )
         rest = src[end:]
         if self.buf:
             self.buf = bytearray()
@@ -256,10 +273,7 @@ class UpstreamConnection(asyncio.Protocol):
             length = head.content_length
             n = len(rest)
             if n >= length:
-                if start == 0 and out is raw and n == length and type(src) is bytes:
-                    down.transport.write(src)  # the whole message, untouched
-                else:
-                    down.transport.write(out + rest[:length])
+                down.transport.write(out + rest if n == length else out + rest[:length])
                 if n > length:
                     self.keep = False
                 self.finish()
@@ -327,7 +341,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def park(self) -> None:
         self.reused = True
-        self.resume_reading()
+        if self.reading_paused:
+            self.resume_reading()
         if not self.ctx.pool.put(self.key, self):
             self.close()
             return
