@@ -31,7 +31,7 @@ from meshproxy import fastpath as fp
 from meshproxy.http1.context import ListenerContext
 from meshproxy.http1.head import build_request_head, origin_form
 from meshproxy.http1.replies import CONTINUE, local_reply
-from meshproxy.http1.upstream import UpstreamConnection
+from meshproxy.http1.upstream import PendingConnect, UpstreamConnection
 from meshproxy.resolve import LocalReply, Target
 
 log = logging.getLogger("meshproxy")
@@ -56,7 +56,6 @@ class HttpServer(asyncio.Protocol):
         "client_keep_alive",
         "client_version",
         "close_after",
-        "connect_timer",
         "connecting",
         "ctx",
         "decoder",
@@ -114,9 +113,7 @@ class HttpServer(asyncio.Protocol):
         self.started_fresh = False  # ``started`` is still "now" for the request timer
         self.awaiting_head = False
         self.req_deadline = 0.0
-        self.connecting: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]] | None
-        self.connecting = None
-        self.connect_timer: asyncio.TimerHandle | None = None
+        self.connecting: PendingConnect | None = None
         self.req_timer: asyncio.TimerHandle | None = None
         self.head_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -361,52 +358,20 @@ class HttpServer(asyncio.Protocol):
 
     # -- upstream connection -----------------------------------------------
 
-    def new_upstream(self) -> UpstreamConnection:
-        assert self.target is not None
-        return UpstreamConnection(self.ctx, self.target.key)
-
     def connect(self, payload: bytes) -> None:
         target = self.target
         assert target is not None
-        ctx = self.ctx
         self.pending = [payload]
-        fut = asyncio.ensure_future(
-            ctx.loop.create_connection(self.new_upstream, target.host, target.port)
-        )
-        self.connecting = fut
-        fut.add_done_callback(self.connected)
-        self.connect_timer = ctx.loop.call_later(ctx.connect_timeout, self.connect_timeout)
+        self.connecting = PendingConnect(self.ctx, target.host, target.port, self.connected)
 
-    def connected(self, fut: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if self.connecting is not fut:
-            if exc is None:
-                fut.result()[1].close()  # nobody waits for it any more
-            return
+    def connected(self, up: UpstreamConnection | None, failure: str) -> None:
         self.connecting = None
-        if self.connect_timer is not None:
-            self.connect_timer.cancel()
-            self.connect_timer = None
-        if exc is not None:
-            if isinstance(exc, ConnectionRefusedError):
-                self.fail(503, "upstream connection refused")
-            else:
-                self.fail(503, "upstream connect failed")
+        if up is None:
+            self.fail(503, failure)
             return
-        up = fut.result()[1]
         pending = self.pending or []
         self.pending = None
         self.attach(up, b"".join(pending))
-
-    def connect_timeout(self) -> None:
-        self.connect_timer = None
-        fut = self.connecting
-        self.connecting = None
-        if fut is not None:
-            fut.cancel()
-        self.fail(503, "upstream connect timeout")
 
     def attach(self, up: UpstreamConnection, payload: bytes) -> None:
         self.up = up
@@ -601,10 +566,10 @@ class HttpServer(asyncio.Protocol):
             transport.resume_reading()
 
     def cancel_timers(self) -> None:
-        for timer in (self.req_timer, self.head_timer, self.idle_timer, self.connect_timer):
+        for timer in (self.req_timer, self.head_timer, self.idle_timer):
             if timer is not None:
                 timer.cancel()
-        self.req_timer = self.head_timer = self.idle_timer = self.connect_timer = None
+        self.req_timer = self.head_timer = self.idle_timer = None
 
     def close(self) -> None:
         if self.state != CLOSED:

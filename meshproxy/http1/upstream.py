@@ -18,6 +18,7 @@ reported to ``down``, which owns the exchange.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
@@ -361,3 +362,63 @@ class UpstreamConnection(asyncio.Protocol):
             self.idle_timer = self.ctx.loop.call_later(left, self.idle_check)
         else:
             self.close()
+
+
+class PendingConnect:
+    """A connection being opened to an endpoint, with its connect timeout.
+
+    ``done(conn, "")`` on success, ``done(None, reason)`` on failure or timeout;
+    never after ``cancel()`` (a connection that completes anyway is closed)."""
+
+    __slots__ = ("done", "future", "timer")
+
+    def __init__(
+        self,
+        ctx: ListenerContext,
+        host: str,
+        port: int,
+        done: Callable[[UpstreamConnection | None, str], None],
+    ) -> None:
+        self.done: Callable[[UpstreamConnection | None, str], None] | None = done
+        key = (host, port)
+        self.future = asyncio.ensure_future(
+            ctx.loop.create_connection(lambda: UpstreamConnection(ctx, key), host, port)
+        )
+        self.future.add_done_callback(self.finished)
+        self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(
+            ctx.connect_timeout, self.timed_out
+        )
+
+    def finished(self, fut: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        done = self.done
+        self.done = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if done is None:
+            if exc is None:
+                fut.result()[1].close()  # nobody waits for it any more
+            return
+        if exc is None:
+            done(fut.result()[1], "")
+        elif isinstance(exc, ConnectionRefusedError):
+            done(None, "upstream connection refused")
+        else:
+            done(None, "upstream connect failed")
+
+    def timed_out(self) -> None:
+        self.timer = None
+        done = self.done
+        self.cancel()
+        if done is not None:
+            done(None, "upstream connect timeout")
+
+    def cancel(self) -> None:
+        self.done = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.future.cancel()
