@@ -28,18 +28,19 @@ _REASONS = {
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
-_CACHE: dict[tuple[int, str, bool], bytes] = {}
+_CACHE: dict[tuple[int, str, bool, bool], bytes] = {}
 
 
 def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Error")
 
 
-def local_reply(status: int, reason: str, close: bool) -> bytes:
+def local_reply(status: int, reason: str, close: bool, head_only: bool = False) -> bytes:
     """A complete response: ``status`` with ``reason`` as its text body.
 
-    ``close`` adds ``Connection: close`` (the caller then closes)."""
-    key = (status, reason, close)
+    ``close`` adds ``Connection: close`` (the caller then closes).
+    ``head_only``: the answer to a HEAD request, which has no body."""
+    key = (status, reason, close, head_only)
     data = _CACHE.get(key)
     if data is None:
         body = reason.encode("ascii", "replace") + b"\n"
@@ -50,7 +51,7 @@ def local_reply(status: int, reason: str, close: bool) -> bytes:
                 b"Content-Length: %d\r\n" % len(body),
                 b"Connection: close\r\n" if close else b"",
                 b"\r\n",
-                body,
+                b"" if head_only else body,
             )
         )
         if len(_CACHE) < 1024:

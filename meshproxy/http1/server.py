@@ -249,7 +249,9 @@ class HttpServer(asyncio.Protocol):
         if isinstance(target, LocalReply):
             close = head.body != fp.BODY_NONE or not head.keep_alive or ctx.draining
             assert self.transport is not None
-            self.transport.write(local_reply(target.status, target.reason, close))
+            self.transport.write(
+                local_reply(target.status, target.reason, close, head.method == b"HEAD")
+            )
             ctx.metrics.request_done(ctx.name, "unknown", target.status, 0.0)
             if close:
                 self.close()
@@ -524,7 +526,8 @@ class HttpServer(asyncio.Protocol):
             self.close_after = True
         self.status = status
         assert self.transport is not None
-        self.transport.write(local_reply(status, reason, self.close_after or self.ctx.draining))
+        close = self.close_after or self.ctx.draining
+        self.transport.write(local_reply(status, reason, close, self.method == b"HEAD"))
         self.response_done(close=False)
 
     def refuse(self, status: int, reason: str) -> None:

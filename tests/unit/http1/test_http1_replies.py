@@ -25,3 +25,12 @@ def test_close_adds_connection_close() -> None:
 
 def test_replies_are_built_once() -> None:
     assert local_reply(404, "unknown service", False) is local_reply(404, "unknown service", False)
+
+
+def test_answer_to_head_has_the_length_but_no_body() -> None:
+    data = local_reply(404, "unknown service", False, head_only=True)
+    got = fp.parse_response_head(data, 0, b"HEAD")
+    assert got is not None
+    head, end = got
+    assert data[end:] == b""
+    assert (b"Content-Length", b"16") in head.headers
