@@ -25,8 +25,8 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 REPO = Path(__file__).resolve().parents[1]
 
-_LISTENING = re.compile(r"listening name=(\S+) address=(\S+) port=(\d+)")
-_ADMIN = re.compile(r"admin address=(\S+) port=(\d+)")
+_LISTENING = re.compile(r"\blistening name=(\S+)\b.*?\bport=(\d+)")
+_ADMIN = re.compile(r"\badmin\b.*?\bport=(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +120,8 @@ def start_meshproxy(
     proc = run.group.start(argv, log)
     listening = wait_log(log, _LISTENING, proc)
     admin = wait_log(log, _ADMIN, proc)
-    port = next(int(m.group(3)) for m in listening if m.group(1) == "outbound")
-    admin_port = int(admin[0].group(2))
+    port = next(int(m.group(2)) for m in listening if m.group(1) == "outbound")
+    admin_port = int(admin[0].group(1))
     _wait_ready(admin_port, proc.poll)
     return Target(name, port, proc.pid, note), admin_port
 

@@ -121,7 +121,9 @@ async def run(args: argparse.Namespace) -> int:
     sidecar: Sidecar | None = None
     main_task = asyncio.current_task()
     assert main_task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
+    # Explicit handlers: a shell may start the demo with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, main_task.cancel)
     with tempfile.TemporaryDirectory(prefix="meshproxy-demo-") as tmp:
         try:
             origins = [await start_origin("v1"), await start_origin("v2")]
@@ -163,8 +165,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _until_stopped() -> None:
-    # Ctrl-C (asyncio's runner) and SIGTERM (run's handler) cancel the main
-    # task; here that is the normal way out, and the caller's cleanup follows.
+    # Ctrl-C and SIGTERM cancel the main task (run's handlers); here that is
+    # the normal way out, and the caller's cleanup follows.
     with contextlib.suppress(asyncio.CancelledError):
         await asyncio.Event().wait()
 
@@ -192,8 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         return uvloop.run(run(args))
     except KeyboardInterrupt:
         return 130
-    except asyncio.CancelledError:  # SIGTERM before the demo was up
-        return 143
+    except asyncio.CancelledError:  # a signal before the demo was up
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from meshproxy.demo.origin import SERVICE
 ADMIN_PORT = 15000
 OUTBOUND_PORT = 15001
 
-_LISTENING = re.compile(rb"listening name=outbound address=\S+ port=(\d+)")
-_ADMIN = re.compile(rb"admin address=\S+ port=(\d+)")
+_LISTENING = re.compile(rb"\blistening name=outbound\s.*?\bport=(\d+)")
+_ADMIN = re.compile(rb"\badmin\b.*?\bport=(\d+)")
 
 
 class SidecarError(Exception):
