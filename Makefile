@@ -59,10 +59,11 @@ test: lint apt-test
 	MESHPROXY_REQUIRE_EXTENSION=1 MESHPROXY_REQUIRE_HELM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --cov=meshproxy --cov-report=term:skip-covered tests
 
 demo: build
-	$(PY) -m meshproxy.demo
+	$(PY) -m meshproxy.demo $(DEMO_ARGS)
 
+# e.g. make bench BENCH_ARGS='--quick' or BENCH_ARGS='--only haproxy,meshproxy'
 bench: build apt-bench
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build meshproxy/_fastpath.c meshproxy/_fastpath*.so $(EXT_STAMP)
