@@ -52,6 +52,7 @@ class HttpServer(asyncio.Protocol):
     __slots__ = (
         "awaiting_head",
         "buf",
+        "client_eof",
         "client_ip",
         "client_keep_alive",
         "client_version",
@@ -91,6 +92,7 @@ class HttpServer(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] = ("", 0)
         self.client_ip = b""
+        self.client_eof = False  # tunnels only: the client half-closed
         self.buf = bytearray()
         self.state = IDLE
         self.up: UpstreamConnection | None = None
@@ -161,12 +163,10 @@ class HttpServer(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         up = self.up
-        if (
-            self.state == TUNNEL
-            and up is not None
-            and up.transport is not None
-            and up.transport.can_write_eof()
-        ):
+        if self.state == TUNNEL:
+            self.client_eof = True
+            if up is None or up.transport is None or up.eof or not up.transport.can_write_eof():
+                return False  # both directions are done: close both
             up.transport.write_eof()
             return True
         # A half-closed client still gets its response; we close after it.

@@ -46,6 +46,7 @@ class UpstreamConnection(asyncio.Protocol):
         "decode",
         "decoder",
         "down",
+        "eof",
         "got_bytes",
         "idle_after",
         "idle_timer",
@@ -80,6 +81,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.parked_at = 0.0
         self.reading_paused = False
+        self.eof = False  # tunnels only: the upstream half-closed
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -121,12 +123,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         down = self.down
-        if (
-            self.state == TUNNEL
-            and down is not None
-            and down.transport is not None
-            and down.transport.can_write_eof()
-        ):
+        if self.state == TUNNEL:
+            self.eof = True
+            if (
+                down is None
+                or down.transport is None
+                or down.client_eof
+                or not down.transport.can_write_eof()
+            ):
+                return False  # both directions are done: close both
             down.transport.write_eof()
             return True
         return None

@@ -85,6 +85,9 @@ async def test_websocket_echo_through_the_proxy(proxies: StartProxy) -> None:
                 await ws.send_str(text)
                 replies.append((await ws.receive()).data)
         assert replies == ["echo:one", "echo:two", "echo:" + "x" * 100_000]
+        # The closed tunnel released both connections: the drain has nothing to wait for.
+        proxy.terminate()
+        assert await proxy.wait_exit(5) == 0
     finally:
         await runner.cleanup()
 
