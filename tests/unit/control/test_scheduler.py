@@ -2,6 +2,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from control.scheduler import (
     HOSTNAME_LABEL,
@@ -531,3 +533,122 @@ def test_bad_profiles_are_refused() -> None:
         SchedulerProfile(shape=((50, 5), (10, 1)))
     with pytest.raises(SchedulingError):
         SchedulerProfile(cpu_weight=0, memory_weight=0)
+
+
+# -- against a brute-force reference -----------------------------------------------------
+
+APPS = ({"app": "api"}, {"app": "web"})
+ZONES = ("a", "b", "c")
+NODE_SPECS = st.builds(
+    lambda cpu, zone, ssd, tainted, cordoned: (cpu, zone, ssd, tainted, cordoned),
+    st.sampled_from([500, 1000, 2000]),
+    st.sampled_from((*ZONES, None)),
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+POD_SPECS = st.builds(
+    lambda cpu, app, ssd, tolerate, spread, cap: (cpu, app, ssd, tolerate, spread, cap),
+    st.sampled_from([0, 100, 300, 700]),
+    st.sampled_from([0, 1]),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from([None, 1, 2]),
+    st.sampled_from([None, 1, 2]),
+)
+OPS = st.lists(st.one_of(POD_SPECS, st.integers(0, 30)), min_size=10, max_size=40)
+
+
+def build_node(
+    i: int, cpu: int, zone: str | None, ssd: bool, tainted: bool, cordoned: bool
+) -> NodeSpec:
+    labels = {"disk": "ssd" if ssd else "hdd"}
+    if zone is not None:
+        labels[ZONE_LABEL] = zone
+    taints = (Taint("dedicated", "x"),) if tainted else ()
+    return NodeSpec(
+        f"n{i:02d}", cpu, 8 * GIB, 2, labels=labels, taints=taints, unschedulable=cordoned
+    )
+
+
+def reference_fits(
+    p: PodSpec, n: NodeSpec, placed: dict[str, tuple[PodSpec, NodeSpec]], nodes: list[NodeSpec]
+) -> bool:
+    """Every filter, written plainly over the whole state."""
+    if n.unschedulable and not p.tolerations:
+        return False
+    if any(n.labels.get(k) != v for k, v in p.node_selector.items()):
+        return False
+    if n.taints and not p.tolerations:
+        return False
+    here = [q for q, m in placed.values() if m.name == n.name]
+    if sum(q.cpu_millis for q in here) + p.cpu_millis > n.cpu_millis or len(here) >= n.max_pods:
+        return False
+    if p.max_per_node is not None and sum(q.group == p.group for q in here) >= p.max_per_node:
+        return False
+    for c in p.spread:
+        if ZONE_LABEL not in n.labels:
+            return False
+        allowed = [
+            m for m in nodes if all(m.labels.get(k) == v for k, v in p.node_selector.items())
+        ]
+        domains = {m.labels[ZONE_LABEL] for m in allowed if ZONE_LABEL in m.labels}
+        counts = dict.fromkeys(domains, 0)
+        for q, m in placed.values():
+            if (
+                m in allowed
+                and ZONE_LABEL in m.labels
+                and all(q.labels.get(k) == v for k, v in c.match_labels.items())
+            ):
+                counts[m.labels[ZONE_LABEL]] = counts.get(m.labels[ZONE_LABEL], 0) + 1
+        lowest = min((counts[d] for d in domains), default=0)
+        if counts.get(n.labels[ZONE_LABEL], 0) + 1 - lowest > c.max_skew:
+            return False
+    return True
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(st.lists(NODE_SPECS, min_size=1, max_size=5), OPS)
+def test_placements_match_a_brute_force_reference(
+    node_specs: list[tuple[int, str | None, bool, bool, bool]],
+    ops: list[tuple[int, int, bool, bool, int | None, int | None] | int],
+) -> None:
+    nodes = [build_node(i, *spec) for i, spec in enumerate(node_specs)]
+    by_name = {n.name: n for n in nodes}
+    s = Scheduler(nodes)
+    placed: dict[str, tuple[PodSpec, NodeSpec]] = {}
+    tolerate_all = (Toleration("", TolerationOperator.EXISTS),)
+    for step, op in enumerate(ops):
+        if isinstance(op, int):
+            if placed:
+                name = sorted(placed)[op % len(placed)]
+                assert s.release(name) == placed.pop(name)[1].name
+            continue
+        cpu, app, ssd, tolerate, skew, cap = op
+        labels = APPS[app]
+        p = PodSpec(
+            f"p{step}",
+            cpu,
+            GIB,
+            labels=labels,
+            node_selector={"disk": "ssd"} if ssd else {},
+            tolerations=tolerate_all if tolerate else (),
+            spread=(SpreadConstraint(skew, ZONE_LABEL, match_labels=labels),) if skew else (),
+            group=labels["app"],
+            max_per_node=cap,
+        )
+        fitting = {n.name for n in nodes if reference_fits(p, n, placed, nodes)}
+        d = s.schedule(p)
+        assert d.nodes_evaluated == len(nodes)
+        assert d.feasible == len(fitting)
+        assert sum(r.count for r in d.rejections) == len(nodes) - len(fitting)
+        if fitting:
+            assert d.node in fitting
+            placed[p.name] = (p, by_name[d.node])
+        else:
+            assert d.node is None
+    for n in nodes:
+        here = [q for q, m in placed.values() if m.name == n.name]
+        assert s.usage(n.name) == NodeUsage(
+            sum(q.cpu_millis for q in here), GIB * len(here), len(here)
+        )
