@@ -188,6 +188,10 @@ class Autoscaler:
         second = math.floor(now)
         if not self._buckets or self._buckets[-1][0] < second:
             self._buckets.append((second, {instance: value}))
+            # Reports may arrive without evaluations; keep only what a window can use.
+            oldest = second - max(int(self.config.stable_window), 1) + 1
+            while self._buckets[0][0] < oldest:
+                self._buckets.popleft()
         else:
             # A late report joins its second if we still hold it; otherwise it is dropped.
             for held, bucket in reversed(self._buckets):

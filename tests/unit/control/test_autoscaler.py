@@ -236,6 +236,14 @@ def test_reports_leave_the_stable_window_after_sixty_seconds() -> None:
     assert scaler.evaluate(120, 1).stable_value == 0
 
 
+def test_reports_without_evaluations_keep_only_one_stable_window() -> None:
+    scaler = Autoscaler(DEFAULT)
+    for second in range(1000):
+        scaler.observe(second, "pod-0", 10)
+    assert len(scaler._buckets) == 60
+    assert scaler.evaluate(999, 1).stable_value == 10
+
+
 def test_repeated_reports_in_one_second_replace_each_other() -> None:
     scaler = Autoscaler(DEFAULT)
     scaler.observe(0.1, "pod-0", 50)
