@@ -26,7 +26,9 @@ returns a `ScaleDecision` that records every stage that changed the number:
 7. min_replicas / max_replicas are hard bounds, applied last.
 
 Sans-IO: time is the `now` argument (seconds, any epoch); nothing here reads a clock,
-talks to Prometheus, or starts an instance. The caller executes and tells us `current`.
+talks to Prometheus, or starts an instance. The caller executes and tells us `current`,
+which serves both as KPA's ready count and as HPA's current replicas: an executor whose
+instances take long to become ready should report the count it runs, not the ready one.
 """
 
 from __future__ import annotations
