@@ -195,15 +195,17 @@ class Autoscaler:
             while self._buckets[0][0] < oldest:
                 self._buckets.popleft()
         else:
-            # A late report joins its second if we still hold it; otherwise it is dropped.
-            for held, bucket in reversed(self._buckets):
-                if held == second:
-                    bucket[instance] = value
-                    break
-                if held < second:
-                    return
-            else:
+            # A late report joins its second, which is added if no report made it yet;
+            # one older than the kept window is of no use and dropped.
+            if second < self._buckets[-1][0] - max(int(self.config.stable_window), 1) + 1:
                 return
+            index = len(self._buckets)
+            while index > 0 and self._buckets[index - 1][0] > second:
+                index -= 1
+            if index > 0 and self._buckets[index - 1][0] == second:
+                self._buckets[index - 1][1][instance] = value
+            else:
+                self._buckets.insert(index, (second, {instance: value}))
         if self._first_second is None or second < self._first_second:
             self._first_second = second
         if value > 0 and (self._last_load is None or now > self._last_load):

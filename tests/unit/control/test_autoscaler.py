@@ -252,6 +252,16 @@ def test_repeated_reports_in_one_second_replace_each_other() -> None:
     assert scaler.evaluate(0.9, 3).stable_value == 25
 
 
+def test_late_reports_join_their_second_unless_older_than_the_window() -> None:
+    scaler = Autoscaler(DEFAULT)
+    scaler.observe(100, "pod-0", 10)
+    scaler.observe(102, "pod-0", 10)
+    scaler.observe(100.5, "pod-1", 30)  # joins second 100
+    scaler.observe(101.5, "pod-1", 6)  # second 101 had no report yet
+    scaler.observe(42, "pod-1", 1000)  # outside the 60 s window: dropped
+    assert scaler.evaluate(102, 2).stable_value == pytest.approx((10 + 30 + 6 + 10) / 3)
+
+
 @pytest.mark.parametrize("value", [-1.0, math.nan, math.inf])
 def test_bad_metric_values_are_refused(value: float) -> None:
     with pytest.raises(AutoscalerError):
