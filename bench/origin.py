@@ -16,6 +16,7 @@ import asyncio
 import functools
 import signal
 import sys
+from typing import cast
 
 import httptools
 import uvloop
@@ -40,8 +41,8 @@ class OriginProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports do not subclass asyncio.Transport: cast, not assert.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
