@@ -18,8 +18,21 @@ import os
 from meshproxy import fastpath as fp
 
 # The hop-by-hop rule (RFC 9110 section 7.6.1) is the parser's: one list for
-# every room that forwards fields.
+# every room that forwards fields.  The per-field check runs on every request,
+# so its fixed names are cached here as a set, taken from that rule.
 is_hop_by_hop = fp.is_hop_by_hop
+_HOP_CANDIDATES = (
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+)
+FIXED_HOP_BY_HOP = frozenset(n for n in _HOP_CANDIDATES if is_hop_by_hop(n, ()))
 
 # Fields the proxy sets itself on the upstream request; the client's copies are
 # merged (X-Forwarded-For), kept (X-Request-Id, Host) or replaced (X-Forwarded-Proto).
@@ -27,7 +40,10 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XRID = b"x-request-id"
 _HOST = b"host"
+_CL = b"content-length"
 _PROXY_SET = frozenset({_XFF, _XFP, _XRID, _HOST})
+# A request with none of these fields leaves with its head as received.
+_REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 
 
 # Request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -70,19 +86,54 @@ def build_request_head(
     path: bytes,
     client_ip: bytes,
     authority: bytes | None,
+    raw: bytes | None = None,
 ) -> bytes:
     """The head to send upstream, always as HTTP/1.1 on a keep-alive connection.
 
     ``authority`` is the Host to set when the client's head has none (an
-    absolute-form target, or an HTTP/1.0 request without Host)."""
+    absolute-form target, or an HTTP/1.0 request without Host).  ``raw``, the
+    head as received, is reused as is when nothing in it must change (the
+    common case): only our fields are appended."""
     drop = head.connection
+    if (
+        raw is not None
+        and authority is None
+        and head.version == 11
+        and not drop
+        and raw[:1] != b"\r"  # empty lines before the request line: rebuild
+    ):
+        lengths = 0
+        for name, _value in head.headers:
+            lname = name.lower()
+            if lname in _REWRITE:
+                break
+            if lname == _CL:
+                lengths += 1
+        else:
+            if lengths > 1:  # equal duplicates the parser collapsed: send one
+                return build_request_head(head, path, client_ip, authority)
+            return b"".join(
+                (
+                    raw[:-2],
+                    b"X-Forwarded-For: ",
+                    client_ip,
+                    b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
+                    new_request_id(),
+                    b"\r\n\r\n",
+                )
+            )
     xff: bytes | None = None
     host: bytes | None = None
     has_rid = False
+    length_sent = False
     out = [head.method, b" ", path, b" HTTP/1.1\r\n"]
     for name, value in head.headers:
         lname = name.lower()
-        if lname in _PROXY_SET:
+        if lname == _CL:
+            if not length_sent:
+                length_sent = True
+                out += (name, b": ", value, b"\r\n")
+        elif lname in _PROXY_SET:
             if lname == _XFF:
                 xff = value if xff is None else xff + b", " + value
             elif lname == _XRID:
@@ -91,7 +142,7 @@ def build_request_head(
             elif lname == _HOST and host is None:
                 host = value
                 out += (b"Host: ", authority or value, b"\r\n")
-        elif not is_hop_by_hop(lname, drop):
+        elif lname not in FIXED_HOP_BY_HOP and lname not in drop:
             out += (name, b": ", value, b"\r\n")
     if host is None and authority is not None:
         out += (b"Host: ", authority, b"\r\n")
@@ -132,7 +183,7 @@ def has_hop_by_hop(head: fp.ResponseHead) -> bool:
     drop = head.connection
     for name, value in head.headers:
         lname = name.lower()
-        if is_hop_by_hop(lname, drop):
+        if lname in FIXED_HOP_BY_HOP or lname in drop:
             if lname == b"connection" and value.lower() == b"keep-alive":
                 continue
             return True
@@ -162,7 +213,7 @@ def build_response_head(
     out = [status_line(head.status, head.reason)]
     for name, value in head.headers:
         lname = name.lower()
-        if is_hop_by_hop(lname, drop):
+        if lname in FIXED_HOP_BY_HOP or lname in drop:
             if upgrade and lname == b"upgrade":
                 out += (name, b": ", value, b"\r\n")
             continue

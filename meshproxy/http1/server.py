@@ -224,16 +224,21 @@ class HttpServer(asyncio.Protocol):
             if self.head_timer is not None:
                 self.head_timer.cancel()
                 self.head_timer = None
-            rest = src[end:]
-            self.buf = rest if type(rest) is bytearray else bytearray(rest)
-            if self.dispatch(head) or self.state != IDLE:
+            if end == len(src):
+                raw = src if type(src) is bytes else bytes(src)
+                self.buf = bytearray()
+            else:
+                raw = bytes(src[:end])
+                rest = src[end:]
+                self.buf = rest if type(rest) is bytearray else bytearray(rest)
+            if self.dispatch(head, raw) or self.state != IDLE:
                 return
             src = self.buf
             if not src:
                 self.arm_idle(ctx.loop.time())
                 return
 
-    def dispatch(self, head: fp.RequestHead) -> bool:
+    def dispatch(self, head: fp.RequestHead, raw: bytes) -> bool:
         """Start an exchange for ``head``; True when the caller must stop reading
         heads (an exchange started or the connection closes)."""
         ctx = self.ctx
@@ -268,7 +273,7 @@ class HttpServer(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.retried = False
-        payload = build_request_head(head, path, self.client_ip, authority)
+        payload = build_request_head(head, path, self.client_ip, authority, raw)
         framing = head.body
         buf = self.buf
         if framing == fp.BODY_NONE:

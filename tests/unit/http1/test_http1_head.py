@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from meshproxy import fastpath as fp
 from meshproxy.http1.head import (
+    FIXED_HOP_BY_HOP,
     build_request_head,
     build_response_head,
     has_hop_by_hop,
@@ -166,3 +167,43 @@ def test_idle_deadline_stays_below_the_upstream_keep_alive() -> None:
     assert idle_deadline(3.0, 60.0) == 3.0
     assert idle_deadline(50.0, 1.0) == 0.5
     assert idle_deadline(50.0, 0.0) == 0.0
+
+
+RAW = b"GET /p?q HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n"
+
+
+def test_plain_request_head_is_forwarded_as_received_plus_our_fields() -> None:
+    out = lines(build_request_head(request(RAW), b"/p?q", b"10.0.0.9", None, RAW))
+    assert out[:3] == [b"GET /p?q HTTP/1.1", b"Host: web", b"Accept: */*"]
+    assert out[3:5] == [b"X-Forwarded-For: 10.0.0.9", b"X-Forwarded-Proto: http"]
+    assert out[5].startswith(b"X-Request-Id: ") and len(out) == 6
+
+
+def test_raw_and_rebuilt_heads_carry_the_same_fields() -> None:
+    for raw in (
+        RAW,
+        b"POST / HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\nX-A: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: w\r\nX-Forwarded-For: 1.1.1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: w\r\nUpgrade: h2c\r\n\r\n",
+    ):
+        head = request(raw)
+        fast = [x for x in lines(build_request_head(head, head.target, b"ip", None, raw))]
+        slow = [x for x in lines(build_request_head(head, head.target, b"ip", None))]
+        assert [x for x in fast if not x.startswith(b"X-Request-Id")] == [
+            x for x in slow if not x.startswith(b"X-Request-Id")
+        ]
+
+
+def test_equal_duplicate_content_lengths_leave_as_one() -> None:
+    raw = b"POST / HTTP/1.1\r\nHost: w\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n"
+    out = lines(build_request_head(request(raw), b"/", b"ip", None, raw))
+    assert [x for x in out if x.lower().startswith(b"content-length")] == [b"Content-Length: 2"]
+
+
+def test_cached_hop_by_hop_names_follow_the_parser_rule() -> None:
+    names = [
+        b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization",
+        b"host", b"content-length", b"x-forwarded-for", b"accept", b"cookie",
+    ]  # fmt: skip
+    assert {n for n in names if fp.is_hop_by_hop(n, ())} == FIXED_HOP_BY_HOP
