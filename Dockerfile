@@ -4,6 +4,10 @@
 #   docker run --rm -v $PWD/mesh.yaml:/etc/meshproxy/config.yaml:ro \
 #       -p 15000:15000 -p 15001:15001 -p 15006:15006 meshproxy
 #
+# The same image runs the control plane:
+#   docker run --entrypoint meshcontrol -e MESHCONTROL_HOST=0.0.0.0 -p 15010:15010 meshproxy run
+# (its state goes to /var/lib/meshcontrol; mount a volume there to keep it).
+#
 # The mounted bootstrap must bind its listeners and admin on 0.0.0.0 to be
 # reachable from outside the container; the health check asks the admin port
 # (15000) on 127.0.0.1 from inside.
@@ -31,7 +35,8 @@ else 'the wheel has no compiled meshproxy/_fastpath extension')"
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    MESHCONTROL_DATA_DIR=/var/lib/meshcontrol
 
 COPY --from=builder /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-index --find-links=/tmp/wheels meshproxy \
@@ -40,7 +45,8 @@ RUN pip install --no-cache-dir --no-index --find-links=/tmp/wheels meshproxy \
     && groupadd --system --gid 10001 meshproxy \
     && useradd --system --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin meshproxy \
-    && mkdir -p /etc/meshproxy
+    && mkdir -p /etc/meshproxy /var/lib/meshcontrol \
+    && chown 10001:10001 /var/lib/meshcontrol
 
 USER 10001:10001
 
