@@ -5,7 +5,8 @@
 #       -p 15000:15000 -p 15001:15001 -p 15006:15006 meshproxy
 #
 # The same image runs the control plane:
-#   docker run --entrypoint meshcontrol -e MESHCONTROL_HOST=0.0.0.0 -p 15010:15010 meshproxy run
+#   docker run --entrypoint meshcontrol --no-healthcheck -e MESHCONTROL_HOST=0.0.0.0 \
+#       -p 15010:15010 meshproxy run
 # (its state goes to /var/lib/meshcontrol; mount a volume there to keep it).
 #
 # The mounted bootstrap must bind its listeners and admin on 0.0.0.0 to be
