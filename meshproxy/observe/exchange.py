@@ -89,7 +89,28 @@ class Exchange:
 
 
 class Observer(Protocol):
-    """What the data path calls once per exchange; implementations must be cheap
-    (a few microseconds) and must never block or raise."""
+    """What the data path calls for each exchange; implementations must be cheap
+    (a few microseconds), and must never block or raise."""
+
+    def exchange_started(
+        self, exchange: Exchange, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        """Called once the request head is parsed (``exchange`` has method,
+        authority, path, request id).  Returns header fields the proxy must set
+        on the upstream request, each REPLACING any field of the same name
+        (trace propagation: ``traceparent``, B3); usually an empty list."""
+        ...
 
     def exchange_done(self, exchange: Exchange) -> None: ...
+
+
+class NullObserver:
+    """Observes nothing (tests, benchmarks of the bare path)."""
+
+    def exchange_started(
+        self, exchange: Exchange, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        pass
