@@ -32,6 +32,7 @@ __all__ = [
     "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
+    "split_bucket",
 ]
 
 cdef enum:
@@ -618,3 +619,4 @@ def parse_response_head(
 
 
 include "_fastpath_chunked.pxi"
+include "_fastpath_split.pxi"

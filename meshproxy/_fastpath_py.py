@@ -27,6 +27,8 @@ API (both implementations export exactly these names):
   bytes past ``consumed`` are the next message.  Any split of the input works.
   Trailer fields land in ``.trailers``.  Errors are 400 (431 for oversized
   trailers), or 502 when ``response`` is true.
+* ``split_bucket(key) -> int``: the traffic-split bucket of a key in [0, 10000)
+  (``meshproxy.routing.split`` explains it; the values are a wire contract).
 * ``BODY_NONE / BODY_LENGTH / BODY_CHUNKED / BODY_UNTIL_CLOSE / BODY_TUNNEL``.
 * ``DEFAULT_MAX_HEAD``, ``DEFAULT_MAX_HEADERS``: the limits above.
 * ``header_value(headers, lname) -> bytes | None``: the first value of the
@@ -84,6 +86,7 @@ from meshproxy._fastpath_fields_py import (
     is_token,
     keep_alive_timeout,
 )
+from meshproxy._fastpath_split_py import split_bucket
 
 __all__ = [
     "BODY_CHUNKED",
@@ -105,6 +108,7 @@ __all__ = [
     "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
+    "split_bucket",
 ]
 
 BODY_NONE = 0

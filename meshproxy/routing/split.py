@@ -17,10 +17,10 @@ shifts the ones in between; declare canary pairs next to each other.
 
 The bucket grain is 1/10000: a backend whose share is below 0.01% gets no key.
 
-``split_bucket`` and ``fnv1a_64`` are integer-only on purpose: they move to
-``_fastpath`` (the Cython module and its Python twin) unchanged, and every
-sidecar must compute the same bucket for the same key, so the constants and
-the steps here are part of the wire contract: do not change them.  Nothing in
+``split_bucket`` lives in ``_fastpath`` (the Cython module and its Python
+twin, integer-only); ``fnv1a_64`` stays here as the reference of its first
+step.  Every sidecar must compute the same bucket for the same key, so the
+constants and the steps are part of the wire contract: do not change them.  Nothing in
 this module reads a clock or a random source; callers pass randomness in.
 """
 
@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+
+from meshproxy import fastpath
 
 BUCKETS = 10000
 
@@ -44,23 +46,14 @@ def fnv1a_64(key: bytes) -> int:
     return h
 
 
-def split_bucket(key: bytes) -> int:
-    """The bucket of ``key`` in [0, BUCKETS): stable across processes and hosts."""
-    h = fnv1a_64(key)
-    h ^= h >> 33
-    h = (h * 0xFF51AFD7ED558CCD) & _MASK
-    h ^= h >> 33
-    h = (h * 0xC4CEB9FE1A85EC53) & _MASK
-    h ^= h >> 33
-    return ((h >> 32) * BUCKETS) >> 32
+# The bucket of a key in [0, BUCKETS), stable across processes and hosts: the
+# fast path's (Cython, or its Python twin), which runs the steps described above.
+split_bucket: Callable[[bytes], int] = fastpath.split_bucket
 
 
 def fastest_split_bucket() -> Callable[[bytes], int]:
-    """``_fastpath``'s ``split_bucket`` once the fast path has it, else this one."""
-    from meshproxy import fastpath
-
-    fast: Callable[[bytes], int] = getattr(fastpath, "split_bucket", split_bucket)
-    return fast
+    """The ``split_bucket`` in force (kept for callers that look it up)."""
+    return split_bucket
 
 
 def random_bucket(rand: float) -> int:
