@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from meshproxy.config.base import Model
 from meshproxy.config.snapshot import Snapshot
@@ -56,7 +57,19 @@ class Limits(Model):
 
 
 class ControlPlane(Model):
-    url: str
+    """Dynamic mode: where the snapshot comes from (``meshproxy.xds``)."""
+
+    url: str = Field(pattern=r"^https?://[^\s?#]+$")
+    token: SecretStr | None = None  # a bearer token with the read scope
+    token_file: Path | None = None  # or the file holding it (read at start)
+    wait: Duration = Field(default=30.0, gt=0, le=300.0)  # how long one long-poll may be held
+    cache_dir: Path | None = None  # the last accepted snapshot is kept here; None: no cache
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ControlPlane:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give 'token' or 'token_file', not both")
+        return self
 
 
 class Bootstrap(Model):
