@@ -36,12 +36,13 @@ import tempfile
 from pathlib import Path
 
 from meshproxy.admin import AdminServer, start_admin
-from meshproxy.config import Bootstrap, Listener
+from meshproxy.config import Bootstrap, ConfigError, Listener, Snapshot
 from meshproxy.http1 import HttpServer, ListenerContext
 from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
 from meshproxy.resolve import Resolver
 from meshproxy.settings import Settings
 from meshproxy.tcp import TcpProxy
+from meshproxy.xds import first_snapshot, watcher_for
 
 log = logging.getLogger("meshproxy")
 
@@ -101,6 +102,13 @@ class Runtime:
         log.info("signal name=%s action=drain", signal.Signals(signum).name)
         self._ready = False
         self.stop.set()
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Compile ``snapshot`` and swap it into every listener; connections
+        pick it up at their next request.  ``ConfigError``: nothing changed."""
+        resolver = Resolver(snapshot, self.boot.listeners, self.boot.node.service)
+        for ctx in self.contexts:
+            ctx.resolver = resolver
 
     # -- listeners ---------------------------------------------------------
 
@@ -165,7 +173,11 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, rt.on_signal, signum)
     try:
+        watcher = watcher_for(boot, rt.apply_snapshot, worker_index)
         await rt.bind(ports)
+    except ConfigError as exc:
+        log.error("config refused error=%r", str(exc))
+        return 1
     except OSError as exc:
         log.error("bind failed error=%r", str(exc))
         return 1
@@ -174,10 +186,15 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
         admin = await _start_admin(rt)
     else:
         metrics.flush_periodically(loop)
-    rt._ready = True
-    _signal_ready()
-    log.info("ready pid=%d worker=%s", os.getpid(), worker_index or "-")
+    if watcher is not None:  # dynamic mode: ready once a snapshot is in force
+        watcher.start()
+    if watcher is None or await first_snapshot(watcher, rt.stop):
+        rt._ready = True
+        _signal_ready()
+        log.info("ready pid=%d worker=%s", os.getpid(), worker_index or "-")
     await rt.stop.wait()
+    if watcher is not None:
+        await watcher.stop()
     await rt.drain()
     if admin is not None:
         await admin.close()

@@ -438,3 +438,15 @@ def watcher_for(
     node_id = boot.node.id if worker_index is None else f"{boot.node.id}/w{worker_index}"
     path = cache_path(cp.cache_dir, boot.node.id) if cp.cache_dir is not None else None
     return SnapshotWatcher(cp.url, boot.node, token, apply, path, cp.wait, node_id=node_id)
+
+
+async def first_snapshot(watcher: SnapshotWatcher, stop: asyncio.Event) -> bool:
+    """Wait until a snapshot is in force (True) or ``stop`` is set (False)."""
+    waits = [asyncio.ensure_future(watcher.in_force.wait()), asyncio.ensure_future(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return watcher.in_force.is_set()
