@@ -1,20 +1,24 @@
-"""The sidecar's admin HTTP server (aiohttp): readiness, metrics and a config dump.
+"""The sidecar's admin HTTP server (aiohttp): readiness, metrics, stats, config dump.
 
 It runs in the proxy's own event loop, so nothing here may block it: the
-metrics exposition (which can read many mmap files in multi-process mode) is
-rendered in the default thread pool, and the handlers only read state.  It is
-meant for loopback or a cluster-internal address; it has no auth and no
-routes that change anything.
+metrics exposition and the stats (which can read many mmap files in
+multi-process mode) are rendered in the default thread pool, and the handlers
+only read state.  It is meant for loopback or a cluster-internal address; it
+has no auth, so the only route that changes anything is the log level.
 
-Routes: ``GET /`` (index), ``/ready``, ``/metrics``, ``/config_dump``; any
-other path is 404.  ``/config_dump`` passes through ``redact`` so that secrets
-(keys, tokens, passwords, pydantic ``Secret*`` values) never leave the process.
+Routes: ``GET /`` (index), ``/ready``, ``/metrics``, ``/stats`` (the metric
+samples as JSON, no histogram buckets), ``/config_dump``, and
+``POST /logging?level=debug|info|warning|error`` (the ``meshproxy`` logger's
+level; a missing or unknown level is a 400); any other path is 404.
+``/config_dump`` passes through ``redact`` so that secrets (keys, tokens,
+passwords, pydantic ``Secret*`` values) never leave the process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -42,8 +46,16 @@ _INDEX = (
     "meshproxy admin\n"
     "  GET /ready         200 when the proxy takes traffic, else 503\n"
     "  GET /metrics       Prometheus exposition\n"
+    "  GET /stats         the metric samples as JSON (histograms: count and sum)\n"
     "  GET /config_dump   the config in force, as JSON (secrets redacted)\n"
+    "  POST /logging?level=debug|info|warning|error   set the log level\n"
 )
+LOG_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class AdminState(Protocol):
@@ -93,7 +105,9 @@ async def start_admin(state: AdminState, host: str, port: int) -> AdminServer:
     app.router.add_get("/", _index)
     app.router.add_get("/ready", _ready)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/stats", _stats)
     app.router.add_get("/config_dump", _config_dump)
+    app.router.add_post("/logging", _logging)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
@@ -120,6 +134,23 @@ async def _metrics(request: web.Request) -> web.Response:
     metrics = request.app[_STATE].metrics
     body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
     return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def _stats(request: web.Request) -> web.Response:
+    metrics = request.app[_STATE].metrics
+    stats = await asyncio.get_running_loop().run_in_executor(None, metrics.stats)
+    text = json.dumps(stats, indent=2, sort_keys=True) + "\n"
+    return web.Response(text=text, content_type="application/json")
+
+
+async def _logging(request: web.Request) -> web.Response:
+    name = request.query.get("level", "").lower()
+    level = LOG_LEVELS.get(name)
+    if level is None:
+        choices = "|".join(LOG_LEVELS)
+        return web.Response(status=400, text=f"level must be one of {choices}\n")
+    logging.getLogger("meshproxy").setLevel(level)
+    return web.Response(text=f"level={name}\n")
 
 
 async def _config_dump(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 
 from meshproxy.config.base import Model
+from meshproxy.config.observability import Observability
 from meshproxy.config.snapshot import Snapshot
 from meshproxy.config.types import Duration, HostPort
 
@@ -80,3 +81,4 @@ class Bootstrap(Model):
     limits: Limits = Limits()
     drain_timeout: Duration = 30.0
     snapshot: Snapshot = Snapshot()
+    observability: Observability = Observability()

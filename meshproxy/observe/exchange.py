@@ -46,6 +46,7 @@ class Exchange:
         "flags",
         "listener",
         "method",
+        "parent_span_id",
         "path",
         "request_id",
         "route",
@@ -81,7 +82,8 @@ class Exchange:
         self.upstream_host = ""
         self.request_id = b""
         self.trace_id = ""
-        self.span_id = ""
+        self.span_id = ""  # this proxy's span, as sent to the next hop
+        self.parent_span_id = ""  # the caller's span when it sent a trace context
         self.trace_sampled = False
 
     def add_flag(self, flag: str) -> None:

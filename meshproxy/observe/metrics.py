@@ -1,13 +1,23 @@
 """Prometheus metrics of the sidecar: what the proxy records, and its exposition.
 
-How this works.  ``request_done`` runs once per proxied request, so it only
-bumps plain Python numbers held in a small ``__slots__`` object found in a dict
-keyed by the raw ``(listener, service, status)`` tuple.  Those numbers are
-moved into prometheus-client's metric objects by ``flush()``, which only ever
-*reads* the hot fields and adds the difference since the last flush; that makes
-it safe to flush from another thread (the admin server renders in one) while
-the event loop keeps counting.  ``render()`` flushes first, so a scrape of the
-process that renders is always exact.
+How this works.  ``exchange_done`` runs once per proxied request, so it only
+bumps plain Python numbers (``series.Running*``) found in a dict keyed by the
+raw label tuple of the exchange.  ``flush()`` moves them into
+prometheus-client's metric objects, adding the difference since the last
+flush; it only *reads* the hot fields, so it is safe from another thread (the
+admin server renders in one) while the event loop keeps counting.
+``render()`` flushes first, so a scrape of the process that renders is exact.
+
+The families are named so that Istio users find their way:
+``meshproxy_requests_total{direction, source_service, destination_service,
+destination_subset, route, response_code, response_flags}`` (flags are
+Envoy's short codes), ``meshproxy_request_duration_seconds``,
+``meshproxy_request_bytes`` and ``meshproxy_response_bytes`` histograms by
+(direction, source, destination, subset).  Circuit-breaker overflows are the
+exchanges flagged ``UO``, counted at flush, not on the hot path.  Upstream
+state (endpoints by health, ejections, pool connections) is sampled on the
+event loop at each periodic flush from a callback the runtime registers
+(``watch_upstreams``).
 
 Two modes, chosen when ``ProxyMetrics`` is built:
 
@@ -16,21 +26,17 @@ Two modes, chosen when ``ProxyMetrics`` is built:
   together with the standard ``process_*`` memory/CPU collector.
 * multi-process: when ``PROMETHEUS_MULTIPROC_DIR`` is set, prometheus-client's
   multiprocess mode stores every value in per-process mmap files in that
-  directory, and ``render()`` merges all of them with ``MultiProcessCollector``,
-  so one scrape shows the sum over workers.  Gauges use ``livesum`` (a dead
-  worker's connections vanish once ``mark_worker_dead`` is called for it).
-  Memory, CPU and open fds come as ``meshproxy_processes_*`` sums over the
-  live processes (workers and whoever renders), refreshed at each flush,
-  instead of the per-process ``process_*`` families.
-  Each worker must build its own ``ProxyMetrics`` after the fork and call
+  directory, and ``render()`` merges them with ``MultiProcessCollector``, so
+  one scrape shows the sum over workers.  Memory, CPU and open fds come as
+  ``meshproxy_processes_*`` sums over the live processes, refreshed at each
+  flush.  Each worker builds its own ``ProxyMetrics`` after the fork and calls
   ``flush_periodically`` so that workers which are not scraped still publish.
 
-Label values are bounded: ``service`` is a declared service name or
-``unknown``, ``code`` the numeric status (``0`` when there is none, e.g. the
-client went away before a response); listener names come from the bootstrap.
-
-What this room must not do: read clocks (durations come in measured), do I/O
-on the request path, or let request data mint new label values.
+Label values are bounded: services are declared names or ``unknown``;
+subsets, routes and flag sets are capped (``other`` past the cap); codes are
+numeric statuses (``0`` when there is none).  What this room must not do: read
+clocks (durations come measured), do I/O on the request path, or let request
+data mint new label values.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -57,8 +63,11 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 
 from meshproxy import __version__
 from meshproxy.fastpath import IMPLEMENTATION
+from meshproxy.observe.exchange import Exchange
+from meshproxy.observe.series import BoundedLabel, RunningCounter, RunningHistogram, upper_bounds
 
 __all__ = [
+    "BYTES_BUCKETS",
     "DURATION_BUCKETS",
     "MULTIPROC_ENV",
     "UNKNOWN_SERVICE",
@@ -69,25 +78,16 @@ __all__ = [
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_SERVICE = "unknown"
 NO_STATUS = "0"
+DIRECTIONS = frozenset({"outbound", "inbound"})
 
 # From a loopback hop (sub-millisecond) to the longest timeout worth telling apart.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-_UPPER_BOUNDS: tuple[float, ...] = (*DURATION_BUCKETS, float("inf"))
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+# Bodies from empty to 16 MiB, by powers of 4.
+BYTES_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))
+_DURATION_BOUNDS = upper_bounds(DURATION_BUCKETS)
+_BYTES_BOUNDS = upper_bounds(BYTES_BUCKETS)
 
 # What each process publishes about itself in multi-process mode, summed over live ones.
 _PROCESS_FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -108,36 +108,49 @@ _PROCESS_FIGURES: tuple[tuple[str, str, str], ...] = (
     ),
 )
 
-# Before services are declared, names are taken as given up to this many, so a
-# proxy that forgets to declare them still cannot grow the label set forever.
+# Before services are declared, names are taken as given up to this many.
 MAX_UNDECLARED_SERVICES = 256
+MAX_SUBSETS = 64
+MAX_ROUTES = 256
+MAX_FLAG_SETS = 64
 # The hot-path cache is keyed by raw input; past this size it starts afresh.
 MAX_CACHED_KEYS = 4096
 
+_REQUEST_LABELS = (
+    "direction",
+    "source_service",
+    "destination_service",
+    "destination_subset",
+    "route",
+    "response_code",
+    "response_flags",
+)
+_SHAPE_LABELS = _REQUEST_LABELS[:4]
+_UPSTREAM_STATES = ("healthy", "unhealthy", "ejected")
 
-class _Durations:
-    """Running histogram of one (listener, service); written by the event loop only."""
-
-    __slots__ = ("buckets", "child", "flushed_buckets", "flushed_sum", "sum")
-
-    def __init__(self, child: Histogram) -> None:
-        self.sum = 0.0
-        self.buckets = [0] * len(_UPPER_BOUNDS)
-        self.flushed_sum = 0.0
-        self.flushed_buckets = [0] * len(_UPPER_BOUNDS)
-        self.child = child
+# (direction, source, destination, subset, route, status, flags) as the data path gave them.
+RawKey = tuple[str, str, str, str, str, int, str]
+UpstreamView = Callable[[], Mapping[str, Any]]
 
 
-class _Requests:
-    """Running request count of one (listener, service, code)."""
+class _Shape:
+    """Duration and size histograms of one (direction, source, destination, subset)."""
 
-    __slots__ = ("child", "count", "durations", "flushed")
+    __slots__ = ("duration", "request_bytes", "response_bytes")
 
-    def __init__(self, child: Counter, durations: _Durations) -> None:
-        self.count = 0
-        self.flushed = 0
-        self.child = child
-        self.durations = durations
+    def __init__(self, duration: Histogram, req: Histogram, resp: Histogram) -> None:
+        self.duration = RunningHistogram(duration, _DURATION_BOUNDS)
+        self.request_bytes = RunningHistogram(req, _BYTES_BOUNDS)
+        self.response_bytes = RunningHistogram(resp, _BYTES_BOUNDS)
+
+
+class _Requests(RunningCounter):
+    __slots__ = ("overflow", "shape")
+
+    def __init__(self, child: Counter, shape: _Shape, overflow: Counter | None) -> None:
+        super().__init__(child)
+        self.shape = shape
+        self.overflow = overflow  # the breaker-overflow child when the flags carry UO
 
 
 class ProxyMetrics:
@@ -152,42 +165,104 @@ class ProxyMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
         _use_value_store(multiprocess=self.multiproc_dir is not None)
-        self._services: frozenset[str] | None = None
-        self._undeclared: set[str] = set()
-        self._by_input: dict[tuple[str, str, int], _Requests] = {}
-        self._by_labels: dict[tuple[str, str, str], _Requests] = {}
-        self._durations: dict[tuple[str, str], _Durations] = {}
+        self._service_label = BoundedLabel(MAX_UNDECLARED_SERVICES, UNKNOWN_SERVICE)
+        self._subset_label = BoundedLabel(MAX_SUBSETS)
+        self._route_label = BoundedLabel(MAX_ROUTES)
+        self._flags_label = BoundedLabel(MAX_FLAG_SETS)
+        self._by_input: dict[RawKey, _Requests] = {}
+        self._by_labels: dict[tuple[str, ...], _Requests] = {}
+        self._shapes: dict[tuple[str, ...], _Shape] = {}
+        self._directions: dict[str, str] = {}
+        self._source = UNKNOWN_SERVICE
         self._flush_lock = threading.Lock()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._config_version: str | None = None
+        self._upstream_view: UpstreamView | None = None
+        self._ejections_seen: dict[str, int] = {}
+        self._rate_limit: dict[tuple[str, bool], RunningCounter] = {}
+        reg = self.registry
 
         self._requests = Counter(
             "meshproxy_requests",
-            "Requests proxied, by listener, target service and response status.",
-            ["listener", "service", "code"],
-            registry=self.registry,
+            "Requests proxied or answered locally, by direction, source and destination "
+            "service, destination subset, route, response code and Envoy response flags.",
+            _REQUEST_LABELS,
+            registry=reg,
         )
         self._duration = Histogram(
             "meshproxy_request_duration_seconds",
             "Time from the request head to the end of the response, in seconds.",
-            ["listener", "service"],
+            _SHAPE_LABELS,
             buckets=DURATION_BUCKETS,
-            registry=self.registry,
+            registry=reg,
+        )
+        self._request_bytes = Histogram(
+            "meshproxy_request_bytes",
+            "Request body bytes received from the client.",
+            _SHAPE_LABELS,
+            buckets=BYTES_BUCKETS,
+            registry=reg,
+        )
+        self._response_bytes = Histogram(
+            "meshproxy_response_bytes",
+            "Response bytes sent to the client.",
+            _SHAPE_LABELS,
+            buckets=BYTES_BUCKETS,
+            registry=reg,
+        )
+        self._overflows = Counter(
+            "meshproxy_circuit_breaker_overflows",
+            "Requests refused because a circuit breaker limit was reached (flag UO).",
+            ["destination_service"],
+            registry=reg,
+        )
+        self._rate_limit_decisions = Counter(
+            "meshproxy_rate_limit_decisions",
+            "Rate-limit decisions by service and outcome (allowed / limited).",
+            ["service", "decision"],
+            registry=reg,
         )
         self._connections = Gauge(
             "meshproxy_active_connections",
             "Downstream connections open now.",
             ["listener"],
-            registry=self.registry,
+            registry=reg,
             multiprocess_mode="livesum",
         )
         self._connection_children: dict[str, Gauge] = {}
+        self._endpoints = Gauge(
+            "meshproxy_upstream_endpoints",
+            "Endpoints of each destination service by state (healthy / unhealthy / ejected).",
+            ["destination_service", "state"],
+            registry=reg,
+            multiprocess_mode="livemax",
+        )
+        self._upstream_connections = Gauge(
+            "meshproxy_upstream_connections",
+            "Connections open to the endpoints of each destination service.",
+            ["destination_service"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self._upstream_requests = Gauge(
+            "meshproxy_upstream_active_requests",
+            "Requests in flight to each destination service.",
+            ["destination_service"],
+            registry=reg,
+            multiprocess_mode="livesum",
+        )
+        self._ejections = Counter(
+            "meshproxy_outlier_ejections",
+            "Endpoints ejected by outlier detection.",
+            ["destination_service"],
+            registry=reg,
+        )
         # An info metric as a gauge of 1: prometheus-client's Info has no multiprocess mode.
         info = Gauge(
             "meshproxy_info",
             "Build of this sidecar: version and fast-path implementation (cython/python).",
             ["version", "implementation"],
-            registry=self.registry,
+            registry=reg,
             multiprocess_mode="max",
         )
         info.labels(__version__, IMPLEMENTATION).set(1)
@@ -196,35 +271,79 @@ class ProxyMetrics:
             "Config snapshot in force (1) by version; in multi-process mode, 1 while any "
             "live worker runs it.",
             ["version"],
-            registry=self.registry,
+            registry=reg,
             multiprocess_mode="livemax",
+        )
+        self._refused = Counter(
+            "meshproxy_config_snapshots_refused",
+            "Config snapshots refused whole (the previous one stayed in force).",
+            registry=reg,
+        )
+        self._log_dropped = RunningCounter(
+            Counter(
+                "meshproxy_access_log_dropped",
+                "Access log lines dropped because the writer fell behind.",
+                registry=reg,
+            )
         )
         # Memory and CPU: the standard process_* families in single mode; with
         # workers, each publishes its own figures at flush into livesum gauges.
         self._process = ProcessCollector(registry=None)
         self._process_gauges: dict[str, Gauge] = {}
         if self.multiproc_dir is None:
-            self.registry.register(self._process)
+            reg.register(self._process)
         else:
             for source, name, doc in _PROCESS_FIGURES:
                 self._process_gauges[source] = Gauge(
-                    name, doc, registry=self.registry, multiprocess_mode="livesum"
+                    name, doc, registry=reg, multiprocess_mode="livesum"
                 )
         if services is not None:
             self.set_services(services)
 
     # -- hot path ---------------------------------------------------------------
 
-    def request_done(self, listener: str, service: str, status: int, duration_s: float) -> None:
-        """Count one finished request; ``duration_s`` is non-negative, measured by the caller."""
+    def exchange_done(self, ex: Exchange) -> None:
+        """Count one finished exchange; ``ex.duration`` is measured by the data path."""
+        raw = (
+            ex.direction,
+            ex.source_service,
+            ex.destination_service,
+            ex.destination_subset,
+            ex.route,
+            ex.status,
+            ex.flags,
+        )
         try:
-            series = self._by_input[(listener, service, status)]
+            series = self._by_input[raw]
         except KeyError:
-            series = self._series_for(listener, service, status)
+            series = self._series_for(raw)
         series.count += 1
-        durations = series.durations
-        durations.sum += duration_s
-        durations.buckets[bisect_left(_UPPER_BOUNDS, duration_s)] += 1
+        shape = series.shape
+        h = shape.duration
+        value: float = ex.duration
+        h.sum += value
+        h.buckets[bisect_left(_DURATION_BOUNDS, value)] += 1
+        h = shape.request_bytes
+        value = ex.bytes_in
+        h.sum += value
+        h.buckets[bisect_left(_BYTES_BOUNDS, value)] += 1
+        h = shape.response_bytes
+        value = ex.bytes_out
+        h.sum += value
+        h.buckets[bisect_left(_BYTES_BOUNDS, value)] += 1
+
+    def request_done(self, listener: str, service: str, status: int, duration_s: float) -> None:
+        """The data path's older call: counted as an exchange without sizes, subset or route."""
+        direction = self._directions.get(listener, listener)
+        raw = (direction, self._source, service, "-", "-", status, "-")
+        try:
+            series = self._by_input[raw]
+        except KeyError:
+            series = self._series_for(raw)
+        series.count += 1
+        h = series.shape.duration
+        h.sum += duration_s
+        h.buckets[bisect_left(_DURATION_BOUNDS, duration_s)] += 1
 
     def connection_opened(self, listener: str) -> None:
         self._connection_gauge(listener).inc()
@@ -232,13 +351,36 @@ class ProxyMetrics:
     def connection_closed(self, listener: str) -> None:
         self._connection_gauge(listener).dec()
 
+    def rate_limit_decision(self, service: str, allowed: bool) -> None:
+        """Count one rate-limit decision (hot: a plain counter, published at flush)."""
+        counter = self._rate_limit.get((service, allowed))
+        if counter is None:
+            label = self._service_label(service)
+            child = self._rate_limit_decisions.labels(label, "allowed" if allowed else "limited")
+            counter = self._rate_limit[(service, allowed)] = RunningCounter(child)
+        counter.count += 1
+
+    def access_log_dropped(self, lines: int = 1) -> None:
+        self._log_dropped.count += lines
+
     # -- config -----------------------------------------------------------------
 
     def set_services(self, names: Iterable[str]) -> None:
         """Declare the service names that may appear as labels; others count as ``unknown``."""
-        self._services = frozenset(names)
+        self._service_label.declare(frozenset(names))
         # Cached keys may now resolve to other labels; the counted data stays in _by_labels.
         self._by_input = {}
+        self._rate_limit = {}
+
+    def set_listeners(self, directions: Mapping[str, str], source_service: str) -> None:
+        """Listener name -> direction, and this node's service (for ``request_done``)."""
+        self._directions = dict(directions)
+        self._source = source_service
+        self._by_input = {}
+
+    @property
+    def source_service(self) -> str:
+        return self._source
 
     def config_loaded(self, version: str) -> None:
         """Mark ``version`` as the snapshot in force, replacing the previous one."""
@@ -253,41 +395,105 @@ class ProxyMetrics:
                 self._config_info.labels(previous).set(0)
         self._config_info.labels(version).set(1)
 
+    def snapshot_refused(self) -> None:
+        self._refused.inc()
+
+    def watch_upstreams(self, view: UpstreamView | None) -> None:
+        """Register the callback giving ``Upstreams.snapshot_for_admin()``; it is
+        called on the event loop by ``sample_upstreams`` (each periodic flush)."""
+        self._upstream_view = view
+
     # -- exposition ---------------------------------------------------------------
+
+    def sample_upstreams(self) -> None:
+        """Copy upstream state into the gauges; call on the loop that owns it."""
+        view = self._upstream_view
+        if view is None:
+            return
+        for name, service in view().items():
+            label = self._service_label(str(name))
+            endpoints = (service.get("endpoints") or []) if isinstance(service, Mapping) else []
+            states = dict.fromkeys(_UPSTREAM_STATES, 0)
+            connections = requests = ejections = 0
+            for ep in endpoints:
+                if ep.get("ejected"):
+                    states["ejected"] += 1
+                elif ep.get("health", "healthy") == "healthy":
+                    states["healthy"] += 1
+                else:
+                    states["unhealthy"] += 1
+                connections += int(ep.get("active_connections", 0))
+                requests += int(ep.get("active_requests", 0))
+                ejections += int(ep.get("times_ejected", 0))
+            for state, count in states.items():
+                self._endpoints.labels(label, state).set(count)
+            self._upstream_connections.labels(label).set(connections)
+            self._upstream_requests.labels(label).set(requests)
+            # A new snapshot may rebuild endpoints with fresh counters: never count down.
+            seen = self._ejections_seen.get(label, 0)
+            if ejections > seen:
+                self._ejections.labels(label).inc(ejections - seen)
+            self._ejections_seen[label] = ejections
 
     def flush(self) -> None:
         """Publish what the hot path counted since the last flush; safe from any thread."""
         with self._flush_lock:
             for series in list(self._by_labels.values()):
-                count = series.count
-                if count != series.flushed:
-                    series.child.inc(count - series.flushed)
-                    series.flushed = count
-            for durations in list(self._durations.values()):
-                _flush_durations(durations)
+                delta = series.flush()
+                if delta and series.overflow is not None:
+                    series.overflow.inc(delta)
+            for shape in list(self._shapes.values()):
+                shape.duration.flush()
+                shape.request_bytes.flush()
+                shape.response_bytes.flush()
+            for counter in list(self._rate_limit.values()):
+                counter.flush()
+            self._log_dropped.flush()
             if self._process_gauges:
                 for family in self._process.collect():
                     gauge = self._process_gauges.get(family.name)
                     if gauge is not None and family.samples:
                         gauge.set(family.samples[0].value)
 
-    def render(self) -> tuple[bytes, str]:
-        """Exposition text of this process, or in multi-process mode of every worker."""
+    def collect(self) -> Iterator[Metric]:
+        """Every family of this process, or in multi-process mode of every worker."""
         self.flush()
         if self.multiproc_dir is None:
+            yield from self.registry.collect()
+            return
+        collector = MultiProcessCollector(None, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
+        yield from _HideRetiredConfigs(collector).collect()
+
+    def render(self) -> tuple[bytes, str]:
+        """Exposition text of this process, or in multi-process mode of every worker."""
+        if self.multiproc_dir is None:
+            self.flush()
             return generate_latest(self.registry), CONTENT_TYPE_LATEST
         merged = CollectorRegistry()
-        collector = MultiProcessCollector(None, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
-        merged.register(_HideRetiredConfigs(collector))
+        merged.register(_Collected(self))
         return generate_latest(merged), CONTENT_TYPE_LATEST
 
+    def stats(self) -> dict[str, list[dict[str, object]]]:
+        """Every sample except histogram buckets, as JSON-able data:
+        ``{sample name: [{"labels": {...}, "value": number}]}``."""
+        out: dict[str, list[dict[str, object]]] = {}
+        for family in self.collect():
+            for s in family.samples:
+                if s.name.endswith(("_bucket", "_created")):
+                    continue
+                out.setdefault(s.name, []).append({"labels": dict(s.labels), "value": s.value})
+        return out
+
     def flush_periodically(self, loop: asyncio.AbstractEventLoop, interval_s: float = 1.0) -> None:
-        """Flush every ``interval_s`` on ``loop`` until ``close()``; what workers need."""
+        """Sample upstreams and flush every ``interval_s`` on ``loop`` until ``close()``."""
         self.stop_flushing()
 
         def tick() -> None:
-            self.flush()
-            self._flush_timer = loop.call_later(interval_s, tick)
+            try:
+                self.sample_upstreams()
+            finally:
+                self.flush()
+                self._flush_timer = loop.call_later(interval_s, tick)
 
         self._flush_timer = loop.call_later(interval_s, tick)
 
@@ -309,30 +515,37 @@ class ProxyMetrics:
 
     # -- slow paths ---------------------------------------------------------------
 
-    def _series_for(self, listener: str, service: str, status: int) -> _Requests:
-        labels = (listener, self._bounded_service(service), _code_label(status))
+    def _series_for(self, raw: RawKey) -> _Requests:
+        direction, source, destination, subset, route, status, flags = raw
+        shape_key = (
+            direction if direction in DIRECTIONS else UNKNOWN_SERVICE,
+            self._service_label(source),
+            self._service_label(destination),
+            self._subset_label(subset),
+        )
+        labels = (
+            *shape_key,
+            self._route_label(route),
+            _code_label(status),
+            self._flags_label(flags),
+        )
         series = self._by_labels.get(labels)
         if series is None:
-            durations = self._durations.get(labels[:2])
-            if durations is None:
-                durations = _Durations(self._duration.labels(labels[0], labels[1]))
-                self._durations[labels[:2]] = durations
-            series = _Requests(self._requests.labels(*labels), durations)
+            shape = self._shapes.get(shape_key)
+            if shape is None:
+                shape = _Shape(
+                    self._duration.labels(*shape_key),
+                    self._request_bytes.labels(*shape_key),
+                    self._response_bytes.labels(*shape_key),
+                )
+                self._shapes[shape_key] = shape
+            overflow = self._overflows.labels(shape_key[2]) if "UO" in flags.split(",") else None
+            series = _Requests(self._requests.labels(*labels), shape, overflow)
             self._by_labels[labels] = series
         if len(self._by_input) >= MAX_CACHED_KEYS:
             self._by_input = {}
-        self._by_input[(listener, service, status)] = series
+        self._by_input[raw] = series
         return series
-
-    def _bounded_service(self, service: str) -> str:
-        if self._services is not None:
-            return service if service in self._services else UNKNOWN_SERVICE
-        if service in self._undeclared:
-            return service
-        if len(self._undeclared) < MAX_UNDECLARED_SERVICES:
-            self._undeclared.add(service)
-            return service
-        return UNKNOWN_SERVICE
 
     def _connection_gauge(self, listener: str) -> Gauge:
         child = self._connection_children.get(listener)
@@ -351,23 +564,6 @@ def _code_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else NO_STATUS
 
 
-def _flush_durations(durations: _Durations) -> None:
-    total = durations.sum
-    if total == durations.flushed_sum and durations.buckets == durations.flushed_buckets:
-        return
-    child: Any = durations.child
-    # Histogram has no public "add n to bucket i"; _sum and _buckets (one value per
-    # bucket, not cumulative) have been its layout for years, and the unit tests pin
-    # the rendered buckets, so a change in prometheus-client shows up there.
-    child._sum.inc(total - durations.flushed_sum)
-    durations.flushed_sum = total
-    flushed = durations.flushed_buckets
-    for i, count in enumerate(list(durations.buckets)):
-        if count != flushed[i]:
-            child._buckets[i].inc(count - flushed[i])
-            flushed[i] = count
-
-
 def _use_value_store(*, multiprocess: bool) -> None:
     """Make prometheus-client store values per process (mmap) or in memory, as asked.
 
@@ -380,6 +576,16 @@ def _use_value_store(*, multiprocess: bool) -> None:
         values.ValueClass = (
             values.MultiProcessValue() if multiprocess else values.MutexValue  # type: ignore[no-untyped-call]
         )
+
+
+class _Collected:
+    """A collector over ``ProxyMetrics.collect`` (for ``generate_latest``)."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.collect()
 
 
 class _HideRetiredConfigs:

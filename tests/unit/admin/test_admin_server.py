@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -71,7 +72,8 @@ async def test_metrics_body_parses_and_shows_recorded_requests(
     assert content_type.startswith("text/plain")
     families = {f.name: f for f in text_string_to_metric_families(body)}
     (sample,) = families["meshproxy_requests"].samples
-    assert sample.labels == {"listener": "outbound", "service": "ratings", "code": "200"}
+    assert sample.labels["destination_service"] == "ratings"
+    assert sample.labels["response_code"] == "200"
     assert sample.value == 2
     assert families["meshproxy_request_duration_seconds"].type == "histogram"
     assert "meshproxy_info" in families
@@ -124,12 +126,67 @@ def test_redact_hides_secret_values_under_any_key() -> None:
 async def test_index_lists_the_routes(admin: AdminServer) -> None:
     status, _, body = await get(admin, "/")
     assert status == 200
-    for route in ("/ready", "/metrics", "/config_dump"):
+    for route in ("/ready", "/metrics", "/stats", "/config_dump", "/logging"):
         assert route in body
 
 
 async def test_unknown_path_is_404(admin: AdminServer) -> None:
-    assert (await get(admin, "/stats"))[0] == 404
+    assert (await get(admin, "/statz"))[0] == 404
+
+
+async def test_stats_are_json_counters_without_histogram_buckets(
+    admin: AdminServer, proxy: FakeProxy
+) -> None:
+    proxy.metrics.request_done("outbound", "ratings", 503, 0.004)
+    status, content_type, body = await get(admin, "/stats")
+    assert status == 200
+    assert content_type.startswith("application/json")
+    stats = json.loads(body)
+    (row,) = stats["meshproxy_requests_total"]
+    assert row["value"] == 1
+    assert row["labels"]["response_code"] == "503"
+    assert stats["meshproxy_request_duration_seconds_count"][0]["value"] == 1
+    assert not any(name.endswith("_bucket") for name in stats)
+
+
+async def post(server: AdminServer, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"http://127.0.0.1:{server.port}{path}") as resp,
+    ):
+        return resp.status, await resp.text()
+
+
+@pytest.fixture
+def meshproxy_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("meshproxy")
+    level = logger.level
+    yield logger
+    logger.setLevel(level)
+
+
+async def test_logging_sets_the_meshproxy_log_level(
+    admin: AdminServer, meshproxy_logger: logging.Logger
+) -> None:
+    assert await post(admin, "/logging?level=debug") == (200, "level=debug\n")
+    assert meshproxy_logger.level == logging.DEBUG
+    assert (await post(admin, "/logging?level=WARNING"))[0] == 200
+    assert meshproxy_logger.level == logging.WARNING
+
+
+@pytest.mark.parametrize("query", ["", "?level=", "?level=verbose", "?level=critical"])
+async def test_logging_refuses_a_missing_or_unknown_level(
+    admin: AdminServer, meshproxy_logger: logging.Logger, query: str
+) -> None:
+    meshproxy_logger.setLevel(logging.INFO)
+    status, body = await post(admin, "/logging" + query)
+    assert status == 400
+    assert "debug|info|warning|error" in body
+    assert meshproxy_logger.level == logging.INFO
+
+
+async def test_logging_needs_post(admin: AdminServer) -> None:
+    assert (await get(admin, "/logging?level=debug"))[0] == 405
 
 
 async def test_close_stops_listening(proxy: FakeProxy) -> None:

@@ -67,6 +67,21 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return (name, frozenset(labels.items()))
 
 
+def shape(service: str, direction: str = "outbound", source: str = "unknown") -> dict[str, str]:
+    """Histogram labels of what ``request_done`` records (no subset, unknown source)."""
+    return {
+        "direction": direction,
+        "source_service": source,
+        "destination_service": service,
+        "destination_subset": "-",
+    }
+
+
+def req(service: str, code: str, direction: str = "outbound") -> dict[str, str]:
+    """Request-counter labels of what ``request_done`` records."""
+    return {**shape(service, direction), "route": "-", "response_code": code, "response_flags": "-"}
+
+
 def test_scrape_sums_requests_durations_and_connections_of_all_workers(
     multiproc_dir: Path,
 ) -> None:
@@ -76,9 +91,9 @@ def test_scrape_sums_requests_durations_and_connections_of_all_workers(
     s = samples(scraper)
 
     total = "meshproxy_requests_total"
-    assert s[key(total, listener="outbound", service="ratings", code="200")] == 42
-    assert s[key(total, listener="outbound", service="ratings", code="503")] == 2
-    labels = {"listener": "outbound", "service": "ratings"}
+    assert s[key(total, **req("ratings", "200", "outbound"))] == 42
+    assert s[key(total, **req("ratings", "503", "outbound"))] == 2
+    labels = shape("ratings")
     assert s[key("meshproxy_request_duration_seconds_count", **labels)] == 44
     assert s[key("meshproxy_request_duration_seconds_sum", **labels)] == pytest.approx(0.684)
     bucket = "meshproxy_request_duration_seconds_bucket"
@@ -97,9 +112,7 @@ def test_scrape_in_multiprocess_mode_includes_own_unflushed_requests(
     m = ProxyMetrics(services=["ratings"])
     m.request_done("outbound", "ratings", 200, 0.002)
     s = samples(m)
-    assert (
-        s[key("meshproxy_requests_total", listener="outbound", service="ratings", code="200")] == 6
-    )
+    assert s[key("meshproxy_requests_total", **req("ratings", "200", "outbound"))] == 6
 
 
 def test_info_and_latest_config_version_in_multiprocess_mode(multiproc_dir: Path) -> None:

@@ -34,6 +34,21 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
     return (name, frozenset(labels.items()))
 
 
+def shape(service: str, direction: str = "outbound", source: str = "unknown") -> dict[str, str]:
+    """Histogram labels of what ``request_done`` records (no subset, unknown source)."""
+    return {
+        "direction": direction,
+        "source_service": source,
+        "destination_service": service,
+        "destination_subset": "-",
+    }
+
+
+def req(service: str, code: str, direction: str = "outbound") -> dict[str, str]:
+    """Request-counter labels of what ``request_done`` records."""
+    return {**shape(service, direction), "route": "-", "response_code": code, "response_flags": "-"}
+
+
 def test_requests_are_counted_by_listener_service_and_code() -> None:
     m = ProxyMetrics(services=["ratings", "reviews"])
     for _ in range(3):
@@ -42,9 +57,9 @@ def test_requests_are_counted_by_listener_service_and_code() -> None:
     m.request_done("inbound", "reviews", 200, 0.001)
     s = scrape(m)
     total = "meshproxy_requests_total"
-    assert s[key(total, listener="outbound", service="ratings", code="200")] == 3
-    assert s[key(total, listener="outbound", service="ratings", code="503")] == 1
-    assert s[key(total, listener="inbound", service="reviews", code="200")] == 1
+    assert s[key(total, **req("ratings", "200", "outbound"))] == 3
+    assert s[key(total, **req("ratings", "503", "outbound"))] == 1
+    assert s[key(total, **req("reviews", "200", "inbound"))] == 1
 
 
 def test_durations_fall_in_cumulative_buckets_with_bounds_inclusive() -> None:
@@ -55,7 +70,7 @@ def test_durations_fall_in_cumulative_buckets_with_bounds_inclusive() -> None:
 
     def bucket(le: str) -> float:
         name = "meshproxy_request_duration_seconds_bucket"
-        return s[key(name, listener="outbound", service="ratings", le=le)]
+        return s[key(name, le=le, **shape("ratings"))]
 
     assert bucket("0.0005") == 2
     assert bucket("0.001") == 2
@@ -63,7 +78,7 @@ def test_durations_fall_in_cumulative_buckets_with_bounds_inclusive() -> None:
     assert bucket("0.5") == 4
     assert bucket("10.0") == 4
     assert bucket("+Inf") == 5
-    labels = {"listener": "outbound", "service": "ratings"}
+    labels = shape("ratings")
     assert s[key("meshproxy_request_duration_seconds_count", **labels)] == 5
     assert s[key("meshproxy_request_duration_seconds_sum", **labels)] == pytest.approx(20.3039)
 
@@ -73,7 +88,7 @@ def test_histogram_is_shared_by_all_codes_of_a_service() -> None:
     m.request_done("outbound", "ratings", 200, 0.01)
     m.request_done("outbound", "ratings", 500, 0.01)
     s = scrape(m)
-    labels = {"listener": "outbound", "service": "ratings"}
+    labels = shape("ratings")
     assert s[key("meshproxy_request_duration_seconds_count", **labels)] == 2
 
 
@@ -82,9 +97,7 @@ def test_undeclared_service_is_counted_as_unknown() -> None:
     m.request_done("outbound", "evil.example", 200, 0.001)
     m.request_done("outbound", "other.example", 200, 0.001)
     s = scrape(m)
-    unknown = key(
-        "meshproxy_requests_total", listener="outbound", service=UNKNOWN_SERVICE, code="200"
-    )
+    unknown = key("meshproxy_requests_total", **req(UNKNOWN_SERVICE, "200"))
     assert s[unknown] == 2
     assert not any(("service", "evil.example") in labels for _, labels in s)
 
@@ -96,8 +109,8 @@ def test_declaring_services_later_applies_to_names_seen_before() -> None:
     m.request_done("outbound", "reviews", 200, 0.001)
     s = scrape(m)
     total = "meshproxy_requests_total"
-    assert s[key(total, listener="outbound", service=UNKNOWN_SERVICE, code="200")] == 1
-    assert s[key(total, listener="outbound", service="reviews", code="200")] == 1
+    assert s[key(total, **req(UNKNOWN_SERVICE, "200", "outbound"))] == 1
+    assert s[key(total, **req("reviews", "200", "outbound"))] == 1
 
 
 def test_without_declared_services_names_are_capped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -107,7 +120,7 @@ def test_without_declared_services_names_are_capped(monkeypatch: pytest.MonkeyPa
         m.request_done("outbound", name, 200, 0.001)
     s = scrape(m)
     services = {
-        dict(labels)["service"]: value
+        dict(labels)["destination_service"]: value
         for (name, labels), value in s.items()
         if name == "meshproxy_requests_total"
     }
@@ -119,9 +132,7 @@ def test_status_outside_http_range_is_labelled_zero(status: int, code: str) -> N
     m = ProxyMetrics(services=["ratings"])
     m.request_done("outbound", "ratings", status, 0.001)
     s = scrape(m)
-    assert (
-        s[key("meshproxy_requests_total", listener="outbound", service="ratings", code=code)] == 1
-    )
+    assert s[key("meshproxy_requests_total", **req("ratings", code, "outbound"))] == 1
 
 
 def test_hot_path_cache_stays_bounded_and_loses_no_count(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,9 +142,7 @@ def test_hot_path_cache_stays_bounded_and_loses_no_count(monkeypatch: pytest.Mon
         m.request_done("outbound", f"host-{i}.example", 200, 0.001)
         assert len(m._by_input) <= 8
     s = scrape(m)
-    unknown = key(
-        "meshproxy_requests_total", listener="outbound", service=UNKNOWN_SERVICE, code="200"
-    )
+    unknown = key("meshproxy_requests_total", **req(UNKNOWN_SERVICE, "200"))
     assert s[unknown] == 50
 
 
@@ -181,9 +190,7 @@ def test_render_gives_prometheus_text_content_type() -> None:
 def test_each_instance_has_its_own_registry() -> None:
     first, second = ProxyMetrics(), ProxyMetrics()
     first.request_done("outbound", "ratings", 200, 0.001)
-    assert key(
-        "meshproxy_requests_total", listener="outbound", service="ratings", code="200"
-    ) not in scrape(second)
+    assert key("meshproxy_requests_total", **req("ratings", "200")) not in scrape(second)
 
 
 def test_given_registry_receives_the_metrics() -> None:
@@ -191,7 +198,7 @@ def test_given_registry_receives_the_metrics() -> None:
     m = ProxyMetrics(registry, services=["ratings"])
     m.request_done("outbound", "ratings", 200, 0.001)
     m.flush()
-    labels = {"listener": "outbound", "service": "ratings", "code": "200"}
+    labels = req("ratings", "200")
     assert registry.get_sample_value("meshproxy_requests_total", labels) == 1
 
 
@@ -214,9 +221,9 @@ def test_flushing_from_another_thread_while_counting_loses_nothing() -> None:
     assert not flusher.is_alive()
     s = scrape(m)
     total = "meshproxy_requests_total"
-    assert s[key(total, listener="outbound", service="ratings", code="200")] == 10_000
-    assert s[key(total, listener="outbound", service="ratings", code="201")] == 10_000
-    labels = {"listener": "outbound", "service": "ratings"}
+    assert s[key(total, **req("ratings", "200", "outbound"))] == 10_000
+    assert s[key(total, **req("ratings", "201", "outbound"))] == 10_000
+    labels = shape("ratings")
     assert s[key("meshproxy_request_duration_seconds_count", **labels)] == 20_000
     assert s[key("meshproxy_request_duration_seconds_sum", **labels)] == pytest.approx(40.0)
 
@@ -225,7 +232,7 @@ async def test_periodic_flush_publishes_without_a_render() -> None:
     registry = CollectorRegistry()
     m = ProxyMetrics(registry, services=["ratings"])
     m.request_done("outbound", "ratings", 200, 0.001)
-    labels = {"listener": "outbound", "service": "ratings", "code": "200"}
+    labels = req("ratings", "200")
     assert registry.get_sample_value("meshproxy_requests_total", labels) == 0
     m.flush_periodically(asyncio.get_running_loop(), interval_s=0.01)
     try:

@@ -1,0 +1,160 @@
+"""The sidecar's Observer: metrics, access log and tracing behind one object.
+
+The data path calls ``exchange_started`` when a request head is parsed and
+``exchange_done`` when the exchange ends (``observe.exchange.Observer``).  The
+runtime builds one ``MeshObserver`` per process (per worker), starts it on the
+loop and closes it after the drain::
+
+    metrics = ProxyMetrics(services=...)
+    observer = MeshObserver.from_bootstrap(boot, metrics)
+    observer.watch_upstreams(lambda: upstreams.snapshot_for_admin())  # optional
+    observer.start(loop)          # periodic flush, access-log thread
+    ...                           # ctx.observer = observer
+    observer.snapshot_applied(snapshot, version)   # after each accepted swap
+    await observer.close()        # writes queued log lines, exports queued spans
+    metrics.close()
+
+Tracing: with an exporter configured, ``exchange_started`` reads the caller's
+trace context (W3C or B3), decides sampling (the caller's flag, else the
+configured ratio), gives our span a fresh id and returns the headers that
+carry it on (replacing the caller's).  Spans are built only for sampled
+exchanges, when they are done.  Without an exporter, nothing is propagated
+or rewritten; the access log still shows the caller's trace id.
+
+This room must not raise into the data path or block the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from meshproxy.config import Bootstrap, Snapshot
+from meshproxy.config.observability import Observability
+from meshproxy.observe.accesslog import AccessLog
+from meshproxy.observe.exchange import Exchange
+from meshproxy.observe.metrics import ProxyMetrics
+from meshproxy.observe.propagation import extract, inject
+from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
+
+__all__ = ["MeshObserver"]
+
+log = logging.getLogger("meshproxy")
+
+_getrandbits = random.getrandbits
+
+
+class MeshObserver:
+    """Implements ``observe.exchange.Observer``; one per process."""
+
+    def __init__(
+        self,
+        metrics: ProxyMetrics,
+        config: Observability | None = None,
+        *,
+        access_log: AccessLog | None = None,
+        tracer: ExchangeTracer | None = None,
+    ) -> None:
+        self.config = config if config is not None else Observability()
+        self.metrics = metrics
+        self.access_log = access_log
+        self.tracer = tracer
+        self._count: Callable[[Exchange], None] | None = (
+            metrics.exchange_done if self.config.metrics.enabled else None
+        )
+        self._log: Callable[[Exchange], None] | None = (
+            access_log.record if access_log is not None else None
+        )
+        self._formats = tuple(self.config.tracing.propagation)
+        self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
+        self._trace_errors = 0
+
+    @classmethod
+    def from_bootstrap(cls, boot: Bootstrap, metrics: ProxyMetrics) -> MeshObserver:
+        """Build what ``boot.observability`` asks for (nothing is started yet)."""
+        config = boot.observability
+        metrics.set_listeners(
+            {lst.name: lst.direction for lst in boot.listeners}, boot.node.service
+        )
+        metrics.set_services([*boot.snapshot.services, boot.node.service])
+        access_log = None
+        if config.access_log.enabled:
+            access_log = AccessLog(config.access_log, on_drop=metrics.access_log_dropped)
+        tracer = None
+        if config.tracing.enabled:
+            tracer = ExchangeTracer(config.tracing, boot.node.service, boot.node.id)
+        return cls(metrics, config, access_log=access_log, tracer=tracer)
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.metrics.flush_periodically(loop, self.config.metrics.flush_interval)
+        if self.access_log is not None:
+            self.access_log.start()
+
+    def watch_upstreams(self, view: Callable[[], Mapping[str, Any]] | None) -> None:
+        """Where the periodic flush reads endpoint health, ejections and pool sizes."""
+        self.metrics.watch_upstreams(view)
+
+    def snapshot_applied(self, snapshot: Snapshot, version: str | None = None) -> None:
+        """A new snapshot is in force: its services become valid labels."""
+        self.metrics.set_services([*snapshot.services, self.metrics.source_service])
+        if version is not None:
+            self.metrics.config_loaded(version)
+
+    def snapshot_refused(self) -> None:
+        self.metrics.snapshot_refused()
+
+    async def close(self) -> None:
+        """Flush the access log and the span exporter (in threads); metrics stay open."""
+        self.metrics.stop_flushing()
+        if self.access_log is not None:
+            await asyncio.to_thread(self.access_log.close)
+        if self.tracer is not None:
+            await asyncio.to_thread(self.tracer.shutdown)
+
+    # -- the data path's calls ----------------------------------------------------
+
+    def exchange_started(
+        self, exchange: Exchange, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        if self.tracer is None:
+            if self._log is not None:
+                caller = extract(headers, self._formats)
+                if caller is not None:
+                    exchange.trace_id = caller.trace_id
+                    exchange.parent_span_id = caller.span_id
+            return []
+        caller = extract(headers, self._formats)
+        span_id = f"{_getrandbits(64) or 1:016x}"
+        if caller is None:
+            trace_id = f"{_getrandbits(128) or 1:032x}"
+            parent = ""
+            sampled = self._sampler.decide(None)
+        else:
+            trace_id = caller.trace_id
+            parent = caller.span_id
+            sampled = self._sampler.decide(caller.sampled)
+        exchange.trace_id = trace_id
+        exchange.span_id = span_id
+        exchange.parent_span_id = parent
+        exchange.trace_sampled = sampled
+        return inject(trace_id, span_id, sampled, parent, self._formats)
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        count = self._count
+        if count is not None:
+            count(exchange)
+        record = self._log
+        if record is not None:
+            record(exchange)
+        if exchange.trace_sampled and self.tracer is not None:
+            try:
+                self.tracer.record(exchange)
+            except Exception:  # a span must never fail a request
+                self._trace_errors += 1
+                if self._trace_errors == 1:
+                    log.exception("tracing failed; further failures are counted silently")
