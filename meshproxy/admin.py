@@ -131,7 +131,9 @@ async def _ready(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    metrics = request.app[_STATE].metrics
+    state = request.app[_STATE]
+    metrics = state.metrics
+    metrics.set_ready(state.ready)
     body, content_type = await asyncio.get_running_loop().run_in_executor(None, metrics.render)
     return web.Response(body=body, headers={"Content-Type": content_type})
 

@@ -45,7 +45,7 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -65,6 +65,7 @@ from meshproxy import __version__
 from meshproxy.fastpath import IMPLEMENTATION
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.series import BoundedLabel, RunningCounter, RunningHistogram, upper_bounds
+from meshproxy.observe.upstreams import UpstreamGauges, UpstreamView
 
 __all__ = [
     "BYTES_BUCKETS",
@@ -126,11 +127,9 @@ _REQUEST_LABELS = (
     "response_flags",
 )
 _SHAPE_LABELS = _REQUEST_LABELS[:4]
-_UPSTREAM_STATES = ("healthy", "unhealthy", "ejected")
 
 # (direction, source, destination, subset, route, status, flags) as the data path gave them.
 RawKey = tuple[str, str, str, str, str, int, str]
-UpstreamView = Callable[[], Mapping[str, Any]]
 
 
 class _Shape:
@@ -177,8 +176,6 @@ class ProxyMetrics:
         self._flush_lock = threading.Lock()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._config_version: str | None = None
-        self._upstream_view: UpstreamView | None = None
-        self._ejections_seen: dict[str, int] = {}
         self._rate_limit: dict[tuple[str, bool], RunningCounter] = {}
         reg = self.registry
 
@@ -230,32 +227,12 @@ class ProxyMetrics:
             multiprocess_mode="livesum",
         )
         self._connection_children: dict[str, Gauge] = {}
-        self._endpoints = Gauge(
-            "meshproxy_upstream_endpoints",
-            "Endpoints of each destination service by state (healthy / unhealthy / ejected).",
-            ["destination_service", "state"],
+        self._upstreams = UpstreamGauges(reg, self._service_label)
+        self._ready = Gauge(
+            "meshproxy_ready",
+            "1 while the sidecar takes traffic (what /ready says), as of the last scrape.",
             registry=reg,
             multiprocess_mode="livemax",
-        )
-        self._upstream_connections = Gauge(
-            "meshproxy_upstream_connections",
-            "Connections open to the endpoints of each destination service.",
-            ["destination_service"],
-            registry=reg,
-            multiprocess_mode="livesum",
-        )
-        self._upstream_requests = Gauge(
-            "meshproxy_upstream_active_requests",
-            "Requests in flight to each destination service.",
-            ["destination_service"],
-            registry=reg,
-            multiprocess_mode="livesum",
-        )
-        self._ejections = Counter(
-            "meshproxy_outlier_ejections",
-            "Endpoints ejected by outlier detection.",
-            ["destination_service"],
-            registry=reg,
         )
         # An info metric as a gauge of 1: prometheus-client's Info has no multiprocess mode.
         info = Gauge(
@@ -401,39 +378,16 @@ class ProxyMetrics:
     def watch_upstreams(self, view: UpstreamView | None) -> None:
         """Register the callback giving ``Upstreams.snapshot_for_admin()``; it is
         called on the event loop by ``sample_upstreams`` (each periodic flush)."""
-        self._upstream_view = view
+        self._upstreams.view = view
 
     # -- exposition ---------------------------------------------------------------
 
     def sample_upstreams(self) -> None:
         """Copy upstream state into the gauges; call on the loop that owns it."""
-        view = self._upstream_view
-        if view is None:
-            return
-        for name, service in view().items():
-            label = self._service_label(str(name))
-            endpoints = (service.get("endpoints") or []) if isinstance(service, Mapping) else []
-            states = dict.fromkeys(_UPSTREAM_STATES, 0)
-            connections = requests = ejections = 0
-            for ep in endpoints:
-                if ep.get("ejected"):
-                    states["ejected"] += 1
-                elif ep.get("health", "healthy") == "healthy":
-                    states["healthy"] += 1
-                else:
-                    states["unhealthy"] += 1
-                connections += int(ep.get("active_connections", 0))
-                requests += int(ep.get("active_requests", 0))
-                ejections += int(ep.get("times_ejected", 0))
-            for state, count in states.items():
-                self._endpoints.labels(label, state).set(count)
-            self._upstream_connections.labels(label).set(connections)
-            self._upstream_requests.labels(label).set(requests)
-            # A new snapshot may rebuild endpoints with fresh counters: never count down.
-            seen = self._ejections_seen.get(label, 0)
-            if ejections > seen:
-                self._ejections.labels(label).inc(ejections - seen)
-            self._ejections_seen[label] = ejections
+        self._upstreams.sample()
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
 
     def flush(self) -> None:
         """Publish what the hot path counted since the last flush; safe from any thread."""

@@ -27,6 +27,8 @@ This room must not raise into the data path or block the loop.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -40,11 +42,17 @@ from meshproxy.observe.metrics import ProxyMetrics
 from meshproxy.observe.propagation import extract, inject
 from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
 
-__all__ = ["MeshObserver"]
+__all__ = ["MeshObserver", "static_version"]
 
 log = logging.getLogger("meshproxy")
 
 _getrandbits = random.getrandbits
+
+
+def static_version(snapshot: Snapshot) -> str:
+    """The version of a snapshot from the bootstrap file: a digest of its content."""
+    text = json.dumps(snapshot.model_dump(mode="json"), sort_keys=True)
+    return "static-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class MeshObserver:
@@ -80,6 +88,8 @@ class MeshObserver:
             {lst.name: lst.direction for lst in boot.listeners}, boot.node.service
         )
         metrics.set_services([*boot.snapshot.services, boot.node.service])
+        if boot.control_plane is None:
+            metrics.config_loaded(static_version(boot.snapshot))
         access_log = None
         if config.access_log.enabled:
             access_log = AccessLog(config.access_log, on_drop=metrics.access_log_dropped)
