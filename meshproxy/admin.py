@@ -7,7 +7,8 @@ only read state.  It is meant for loopback or a cluster-internal address; it
 has no auth, so the only route that changes anything is the log level.
 
 Routes: ``GET /`` (index), ``/ready``, ``/metrics``, ``/stats`` (the metric
-samples as JSON, no histogram buckets), ``/config_dump``, and
+samples as JSON, no histogram buckets), ``/config_dump``, ``/clusters``
+(upstream endpoints and breakers as JSON), and
 ``POST /logging?level=debug|info|warning|error`` (the ``meshproxy`` logger's
 level; a missing or unknown level is a 400); any other path is 404.
 ``/config_dump`` passes through ``redact`` so that secrets (keys, tokens,
@@ -48,6 +49,7 @@ _INDEX = (
     "  GET /metrics       Prometheus exposition\n"
     "  GET /stats         the metric samples as JSON (histograms: count and sum)\n"
     "  GET /config_dump   the config in force, as JSON (secrets redacted)\n"
+    "  GET /clusters      upstream clusters: endpoints, health, ejections, breakers\n"
     "  POST /logging?level=debug|info|warning|error   set the log level\n"
 )
 LOG_LEVELS = {
@@ -68,6 +70,8 @@ class AdminState(Protocol):
     def metrics(self) -> ProxyMetrics: ...
 
     def config_dump(self) -> dict[str, object]: ...
+
+    def clusters(self) -> dict[str, object]: ...
 
 
 def redact(value: object) -> object:
@@ -107,6 +111,7 @@ async def start_admin(state: AdminState, host: str, port: int) -> AdminServer:
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/stats", _stats)
     app.router.add_get("/config_dump", _config_dump)
+    app.router.add_get("/clusters", _clusters)
     app.router.add_post("/logging", _logging)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -153,6 +158,11 @@ async def _logging(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"level must be one of {choices}\n")
     logging.getLogger("meshproxy").setLevel(level)
     return web.Response(text=f"level={name}\n")
+
+
+async def _clusters(request: web.Request) -> web.Response:
+    text = json.dumps(request.app[_STATE].clusters(), indent=2, sort_keys=True) + "\n"
+    return web.Response(text=text, content_type="application/json")
 
 
 async def _config_dump(request: web.Request) -> web.Response:

@@ -16,6 +16,14 @@ Drain (SIGTERM/SIGINT): readiness goes false, listeners stop accepting, idle
 keep-alive connections close, in-flight requests finish with
 ``Connection: close``; whatever is left at ``drain_timeout`` is closed.
 
+Routing and upstream state: one ``Resolver`` per snapshot (route table +
+clusters), shared by every listener of the worker; ``apply_snapshot`` builds
+the next one (keeping live endpoint state) and swaps it into every listener
+at once.  One ``HealthProbes`` task per worker runs the active health checks
+of the resolver in force.  Exchanges go to the worker's ``MeshObserver``
+(metrics, access log, tracing); ``MetricsObserver`` (request counts only)
+stands in where no worker runs (the supervisor, tests).
+
 Log lines are ``key=value`` text on stderr; ``listening name=... address=...
 port=...`` and ``admin address=... port=...`` give the bound ports.
 
@@ -38,10 +46,15 @@ from pathlib import Path
 from meshproxy.admin import AdminServer, start_admin
 from meshproxy.config import Bootstrap, ConfigError, Listener, Snapshot
 from meshproxy.http1 import HttpServer, ListenerContext
+from meshproxy.http1.context import MetricsObserver
+from meshproxy.observe.exchange import Observer
 from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
+from meshproxy.observe.observer import MeshObserver
 from meshproxy.resolve import Resolver
 from meshproxy.settings import Settings
 from meshproxy.tcp import TcpProxy
+from meshproxy.upstream import Upstreams
+from meshproxy.upstream.probe import HealthProbes
 from meshproxy.xds import first_snapshot, watcher_for
 
 log = logging.getLogger("meshproxy")
@@ -77,6 +90,11 @@ class Runtime:
         self.servers: list[asyncio.AbstractServer] = []
         self.bound: dict[str, int] = {}
         self.stop = asyncio.Event()
+        self.resolver: Resolver | None = None
+        self.observer: Observer = MetricsObserver(metrics)
+        self.mesh_observer: MeshObserver | None = None
+        self.probes: HealthProbes | None = None
+        self._probe_task: asyncio.Task[None] | None = None
 
     @property
     def ready(self) -> bool:
@@ -92,6 +110,60 @@ class Runtime:
         dump["workers"] = self.settings.workers
         return dump
 
+    def build_resolver(self, snapshot: Snapshot) -> Resolver:
+        """Compile ``snapshot``; raises ``ConfigError`` when it is refused."""
+        boot = self.boot
+        return Resolver(
+            snapshot,
+            boot.listeners,
+            boot.node.service,
+            now=asyncio.get_running_loop().time(),
+            local_zone=boot.node.zone,
+            previous=self.resolver,
+        )
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Put ``snapshot`` in force: routes, clusters and resolver rebuilt
+        (live endpoint state kept) and swapped into every listener at once;
+        requests in flight finish on the old ones.  Raises ``ConfigError``
+        (nothing changes) when the snapshot is refused."""
+        try:
+            resolver = self.build_resolver(snapshot)
+        except ConfigError:
+            if self.mesh_observer is not None:
+                self.mesh_observer.snapshot_refused()
+            raise
+        self.resolver = resolver
+        for ctx in self.contexts:
+            ctx.resolver = resolver
+        if self.probes is not None:
+            self.probes.wake()
+        if self.mesh_observer is not None:
+            self.mesh_observer.snapshot_applied(snapshot, snapshot.version)
+
+    def clusters(self) -> dict[str, object]:
+        """The admin ``/clusters`` view of this worker's upstream state."""
+        if self.resolver is None:
+            return {}
+        return self.resolver.upstreams.snapshot_for_admin(asyncio.get_running_loop().time())
+
+    def start_health_checks(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.probes = HealthProbes(self._current_upstreams, loop)
+        self._probe_task = loop.create_task(self.probes.run())
+
+    def _current_upstreams(self) -> Upstreams:
+        assert self.resolver is not None
+        return self.resolver.upstreams
+
+    async def stop_health_checks(self) -> None:
+        task = self._probe_task
+        self._probe_task = None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     @property
     def drain_timeout(self) -> float:
         if self.settings.drain_timeout is not None:
@@ -103,23 +175,23 @@ class Runtime:
         self._ready = False
         self.stop.set()
 
-    def apply_snapshot(self, snapshot: Snapshot) -> None:
-        """Compile ``snapshot`` and swap it into every listener; connections
-        pick it up at their next request.  ``ConfigError``: nothing changed."""
-        resolver = Resolver(snapshot, self.boot.listeners, self.boot.node.service)
-        for ctx in self.contexts:
-            ctx.resolver = resolver
-
     # -- listeners ---------------------------------------------------------
 
     async def bind(self, ports: dict[str, int]) -> None:
         loop = asyncio.get_running_loop()
         boot = self.boot
         sink = self._metrics
-        resolver = Resolver(boot.snapshot, boot.listeners, boot.node.service)
+        resolver = self.resolver = self.build_resolver(boot.snapshot)
         for listener in boot.listeners:
             ctx = ListenerContext(
-                loop, listener, resolver, sink, boot.limits.max_head_size, boot.limits.max_headers
+                loop,
+                listener,
+                resolver,
+                sink,
+                boot.limits.max_head_size,
+                boot.limits.max_headers,
+                observer=self.observer,
+                source_service=boot.node.service,
             )
             self.contexts.append(ctx)
             factory = (
@@ -170,6 +242,8 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     ports = _parse_ports(os.environ.get(WORKER_PORTS_ENV, ""))
     metrics = make_metrics(boot)
     rt = Runtime(boot, settings, metrics)
+    observer = rt.mesh_observer = MeshObserver.from_bootstrap(boot, metrics)
+    rt.observer = observer
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, rt.on_signal, signum)
     try:
@@ -181,11 +255,12 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     except OSError as exc:
         log.error("bind failed error=%r", str(exc))
         return 1
+    observer.watch_upstreams(rt.clusters)
+    observer.start(loop)
+    rt.start_health_checks()
     admin = None
     if worker_index is None:
         admin = await _start_admin(rt)
-    else:
-        metrics.flush_periodically(loop)
     if watcher is not None:  # dynamic mode: ready once a snapshot is in force
         watcher.start()
     if watcher is None or await first_snapshot(watcher, rt.stop):
@@ -196,6 +271,8 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     if watcher is not None:
         await watcher.stop()
     await rt.drain()
+    await rt.stop_health_checks()
+    await observer.close()
     if admin is not None:
         await admin.close()
     metrics.close()

@@ -1,6 +1,8 @@
 """L4 listeners (``protocol: tcp``): one upstream connection per client connection.
 
-Bytes go both ways untouched.  Each side's write backpressure pauses the other
+The endpoint is chosen by the service's cluster (its balancer, health and
+ejections); a failed connect is reported to it, an open connection counts in
+its gauges.  Bytes go both ways untouched.  Each side's write backpressure pauses the other
 side's reading; a half-close (EOF) is passed on as a half-close so protocols
 that shut down one direction first keep working.  Timeouts: connect
 (``timeouts.connect``) and idle (``timeouts.idle``, no byte either way).
@@ -14,7 +16,8 @@ import asyncio
 from typing import cast
 
 from meshproxy.http1.context import ListenerContext
-from meshproxy.resolve import LocalReply
+from meshproxy.resolve import LocalReply, Target
+from meshproxy.upstream import Failure
 
 # Client bytes held while the upstream connection opens, before we stop reading.
 PENDING_LIMIT = 65536
@@ -77,7 +80,17 @@ class _Side(asyncio.Protocol):
 class TcpProxy(_Side):
     """The client side; it owns the pair's timers and the upstream side."""
 
-    __slots__ = ("active", "connect_timer", "connecting", "ctx", "idle_timer", "paused", "pending")
+    __slots__ = (
+        "active",
+        "connect_timer",
+        "connecting",
+        "counted",
+        "ctx",
+        "idle_timer",
+        "paused",
+        "pending",
+        "target",
+    )
 
     def __init__(self, ctx: ListenerContext) -> None:
         super().__init__(None)
@@ -90,6 +103,8 @@ class TcpProxy(_Side):
         # Bytes that arrive before the upstream connection exists.
         self.pending: list[bytes] | None = []
         self.paused = False
+        self.target: Target | None = None
+        self.counted = False  # the open connection counts in its endpoint's gauge
 
     def data_received(self, data: bytes) -> None:
         pending = self.pending
@@ -115,11 +130,12 @@ class TcpProxy(_Side):
         ctx.connections.add(self)
         ctx.metrics.connection_opened(ctx.name)
         service = ctx.listener.service or ""
-        target = ctx.resolver.resolve_tcp(service)
+        loop = ctx.loop
+        target = ctx.resolver.resolve_tcp(service, loop.time())
         if isinstance(target, LocalReply) or ctx.draining:
             client.close()
             return
-        loop = ctx.loop
+        self.target = target
         fut = asyncio.ensure_future(
             loop.create_connection(lambda: _Side(self), target.host, target.port)
         )
@@ -139,10 +155,18 @@ class TcpProxy(_Side):
         if self.connect_timer is not None:
             self.connect_timer.cancel()
             self.connect_timer = None
+        target = self.target
         if exc is not None or self.transport is None:
+            if exc is not None and target is not None:
+                target.cluster.on_result(target.endpoint, Failure.CONNECT, self.ctx.loop.time())
             if self.transport is not None:
                 self.transport.close()
+            elif exc is None:
+                fut.result()[0].close()
             return
+        if target is not None:
+            target.cluster.connection_opened(target.endpoint)
+            self.counted = True
         up = fut.result()[1]
         self.other = up
         up.other = self
@@ -159,6 +183,9 @@ class TcpProxy(_Side):
 
     def connect_timeout(self) -> None:
         self.connect_timer = None
+        target = self.target
+        if target is not None:
+            target.cluster.on_result(target.endpoint, Failure.TIMEOUT, self.ctx.loop.time())
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
@@ -182,6 +209,9 @@ class TcpProxy(_Side):
         if self in ctx.connections:
             ctx.connections.discard(self)
             ctx.metrics.connection_closed(ctx.name)
+        if self.counted and self.target is not None:
+            self.counted = False
+            self.target.cluster.connection_closed(self.target.endpoint)
         for timer in (self.connect_timer, self.idle_timer):
             if timer is not None:
                 timer.cancel()

@@ -1,9 +1,11 @@
-"""What every connection of one listener shares: settings, resolver, pool, metrics.
+"""What every connection of one listener shares: settings, resolver, pool,
+metrics and the exchange observer.
 
 One ``ListenerContext`` per listener per worker.  The runtime swaps
 ``resolver`` when a new snapshot is accepted and sets ``draining`` on
 shutdown; protocols read both at each request, so a swap takes effect between
-requests without touching open connections.
+requests without touching open connections.  ``MetricsObserver`` is the
+observer used when none is given: it only counts requests in ``metrics``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from meshproxy.config import Listener
 from meshproxy.http1.pool import IdlePool
+from meshproxy.observe.exchange import Exchange, Observer
 from meshproxy.resolve import Resolver
 
 if TYPE_CHECKING:
@@ -42,6 +45,25 @@ class NullMetrics:
         pass
 
 
+class MetricsObserver:
+    """An observer that feeds ``MetricsSink.request_done`` and nothing else."""
+
+    __slots__ = ("metrics",)
+
+    def __init__(self, metrics: MetricsSink) -> None:
+        self.metrics = metrics
+
+    def exchange_started(
+        self, exchange: Exchange, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        return []
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        self.metrics.request_done(
+            exchange.listener, exchange.destination_service, exchange.status, exchange.duration
+        )
+
+
 class Closable(Protocol):
     """A client connection as the drain sees it."""
 
@@ -56,6 +78,7 @@ class ListenerContext:
     __slots__ = (
         "connect_timeout",
         "connections",
+        "direction",
         "draining",
         "http10_endpoints",
         "idle_timeout",
@@ -65,10 +88,12 @@ class ListenerContext:
         "max_headers",
         "metrics",
         "name",
+        "observer",
         "pool",
         "request_head_timeout",
         "request_timeout",
         "resolver",
+        "source_service",
         "upstream_idle",
     )
 
@@ -80,12 +105,17 @@ class ListenerContext:
         metrics: MetricsSink,
         max_head: int = 61440,
         max_headers: int = 100,
+        observer: Observer | None = None,
+        source_service: str = "unknown",
     ) -> None:
         self.loop = loop
         self.listener = listener
         self.name = listener.name
+        self.direction = listener.direction
+        self.source_service = source_service
         self.resolver = resolver
         self.metrics = metrics
+        self.observer: Observer = observer if observer is not None else MetricsObserver(metrics)
         self.max_head = max_head
         self.max_headers = max_headers
         t = listener.timeouts

@@ -73,6 +73,16 @@ def origin_form(target: bytes) -> tuple[bytes | None, bytes]:
     return rest[:cut], path
 
 
+def shadow_host(host: bytes) -> bytes:
+    """The Host of a mirrored request, as Envoy and Istio send it:
+    ``ratings:8080`` -> ``ratings-shadow:8080``."""
+    if host[:1] == b"[":
+        end = host.find(b"]")
+        return host[: end + 1] + b"-shadow" + host[end + 1 :] if end > 0 else host + b"-shadow"
+    name, colon, port = host.partition(b":")
+    return name + b"-shadow" + colon + port
+
+
 def strip_port(host: bytes) -> bytes:
     """``name:8080`` -> ``name``; ``[::1]:80`` -> ``::1``."""
     if host[:1] == b"[":
@@ -87,16 +97,22 @@ def build_request_head(
     client_ip: bytes,
     authority: bytes | None,
     raw: bytes | None = None,
+    request_id: bytes | None = None,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The head to send upstream, always as HTTP/1.1 on a keep-alive connection.
 
-    ``authority`` is the Host to set when the client's head has none (an
-    absolute-form target, or an HTTP/1.0 request without Host).  ``raw``, the
-    head as received, is reused as is when nothing in it must change (the
-    common case): only our fields are appended."""
+    ``authority`` is the Host to set (replacing the client's): an absolute-form
+    target's authority, a route's host rewrite, or the Host of an HTTP/1.0
+    request without one.  ``raw``, the head as received, is reused as is when
+    nothing in it must change (the common case): only our fields are appended.
+    ``request_id`` is the X-Request-Id to add when the client sent none (a
+    fresh one when None).  ``headers`` replaces the client's fields (after a
+    route's header edits)."""
     drop = head.connection
     if (
         raw is not None
+        and headers is None
         and authority is None
         and head.version == 11
         and not drop
@@ -111,14 +127,14 @@ def build_request_head(
                 lengths += 1
         else:
             if lengths > 1:  # equal duplicates the parser collapsed: send one
-                return build_request_head(head, path, client_ip, authority)
+                return build_request_head(head, path, client_ip, authority, None, request_id)
             return b"".join(
                 (
                     raw[:-2],
                     b"X-Forwarded-For: ",
                     client_ip,
                     b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
-                    new_request_id(),
+                    request_id or new_request_id(),
                     b"\r\n\r\n",
                 )
             )
@@ -127,7 +143,7 @@ def build_request_head(
     has_rid = False
     length_sent = False
     out = [head.method, b" ", path, b" HTTP/1.1\r\n"]
-    for name, value in head.headers:
+    for name, value in head.headers if headers is None else headers:
         lname = name.lower()
         if lname == _CL:
             if not length_sent:
@@ -156,7 +172,7 @@ def build_request_head(
         b"\r\nX-Forwarded-Proto: http\r\n",
     )
     if not has_rid:
-        out += (b"X-Request-Id: ", new_request_id(), b"\r\n")
+        out += (b"X-Request-Id: ", request_id or new_request_id(), b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
@@ -197,6 +213,7 @@ def build_response_head(
     chunked_out: bool,
     connection: bytes | None,
     upgrade: bool,
+    headers: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes | bytearray:
     """The head to send downstream.
 
@@ -205,13 +222,20 @@ def build_response_head(
     (the common case, no copy).  ``chunked_out``: we frame the body as chunked
     to the client.  ``connection``: the Connection value to announce
     (``close``, ``keep-alive``) or None.  ``upgrade``: a 101 answer, whose
-    Upgrade field stays.
+    Upgrade field stays.  ``headers`` replaces the upstream's fields (after a
+    route's header edits).
     """
-    if not hop and connection is None and not chunked_out and head.version == 11:
+    if (
+        not hop
+        and connection is None
+        and not chunked_out
+        and head.version == 11
+        and headers is None
+    ):
         return raw
     drop = head.connection
     out = [status_line(head.status, head.reason)]
-    for name, value in head.headers:
+    for name, value in head.headers if headers is None else headers:
         lname = name.lower()
         if lname in FIXED_HOP_BY_HOP or lname in drop:
             if upgrade and lname == b"upgrade":

@@ -1,9 +1,13 @@
 """The downstream HTTP/1.1 protocol: one instance per client connection.
 
 How it works: bytes accumulate until ``parse_request_head`` finds a head; the
-resolver picks a target (or a local reply); the rewritten head and whatever
-body is at hand leave in one write on a pooled or fresh upstream connection;
-the rest of the body streams through with backpressure.  The upstream side
+resolver picks a route (or a local reply); the observer sees the exchange
+start; the rewritten head (header edits, rewrites, the observer's fields) and
+whatever body is at hand leave in one write on a pooled or fresh upstream
+connection (``forward``: endpoint, retries, timeouts, faults); the rest of
+the body streams through with backpressure.  A mirrored request leaves on its
+own connection (``mirror``) only when it is complete at once and at most
+``REPLAY_LIMIT`` bytes: a copy of a streamed body is never made.  The upstream side
 relays the response and calls ``response_done``.  Only one exchange is in
 flight: pipelined requests wait in the buffer (reading pauses when it grows)
 and are parsed once the current response is complete, so responses stay in
@@ -18,110 +22,85 @@ endpoint waits for the client to give up waiting (curl: 1 s).
 Callback style throughout (no task per request): timers are ``call_later``
 handles, idle timers re-armed lazily.
 
-It must not parse responses (``upstream``) or choose endpoints (``resolve``).
+It must not parse responses (``upstream``), choose routes (``resolve``) or
+endpoints (``forward`` asks the route's cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import time
 from typing import cast
 
 from meshproxy import fastpath as fp
 from meshproxy.http1.context import ListenerContext
-from meshproxy.http1.head import build_request_head, origin_form
-from meshproxy.http1.replies import CONTINUE, local_reply
-from meshproxy.http1.upstream import PendingConnect, UpstreamConnection
-from meshproxy.resolve import LocalReply, Target
+from meshproxy.http1.forward import (
+    BODY,
+    CLOSED,
+    HIGH_WATER,
+    IDEMPOTENT,
+    IDLE,
+    REPLAY_LIMIT,
+    TUNNEL,
+    WAIT,
+    Forwarder,
+)
+from meshproxy.http1.head import build_request_head, new_request_id, origin_form, shadow_host
+from meshproxy.http1.mirror import send_mirror
+from meshproxy.http1.replies import local_reply
+from meshproxy.observe.exchange import (
+    BAD_REQUEST,
+    DOWNSTREAM_TERMINATED,
+    FAULT_ABORT,
+    FAULT_DELAY,
+    Exchange,
+)
+from meshproxy.resolve import LocalReply, Route
+from meshproxy.routing import fault_for, mirror_for
 
 log = logging.getLogger("meshproxy")
+_rand = random.random
 
-# Connection states.
-IDLE = 0  # waiting for (the rest of) a request head
-BODY = 1  # request head sent upstream, body still streaming from the client
-WAIT = 2  # request complete, response in progress
-TUNNEL = 3  # after a 101: raw bytes both ways
-CLOSED = 4
-
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
-# Pipelined bytes buffered while a response is in flight before we stop reading.
-HIGH_WATER = 65536
+__all__ = ["BODY", "CLOSED", "IDLE", "TUNNEL", "WAIT", "HttpServer"]
 
 
-class HttpServer(asyncio.Protocol):
+class HttpServer(Forwarder):
     __slots__ = (
-        "awaiting_head",
         "buf",
+        "client_addr",
         "client_eof",
         "client_ip",
         "client_keep_alive",
         "client_version",
-        "close_after",
-        "connecting",
-        "ctx",
         "decoder",
-        "expect_continue",
-        "head_sent",
+        "dispatching",
         "head_timer",
         "idle_since",
         "idle_timer",
-        "method",
         "paused_buffer",
-        "paused_upstream",
         "peer",
-        "pending",
-        "req_deadline",
         "req_remaining",
-        "req_timer",
-        "request_done",
-        "retried",
-        "sent",
-        "started",
-        "started_fresh",
-        "state",
-        "status",
-        "target",
-        "transport",
-        "up",
         "upgrade_requested",
-        "write_paused",
     )
 
     def __init__(self, ctx: ListenerContext) -> None:
-        self.ctx = ctx
-        self.transport: asyncio.Transport | None = None
+        super().__init__(ctx)
         self.peer: tuple[str, int] = ("", 0)
         self.client_ip = b""
+        self.client_addr = ""
         self.client_eof = False  # tunnels only: the client half-closed
         self.buf = bytearray()
-        self.state = IDLE
-        self.up: UpstreamConnection | None = None
-        self.target: Target | None = None
-        self.method = b"GET"
         self.client_version = 11
         self.client_keep_alive = True
         self.upgrade_requested = False
-        self.expect_continue = False
-        self.close_after = False
-        self.head_sent = False
-        self.request_done = True
         self.req_remaining = 0
         self.decoder: fp.ChunkedDecoder | None = None
-        self.pending: list[bytes] | None = None
-        self.sent: bytes | None = None  # the whole request, kept for one retry
-        self.retried = False
-        self.status = 0
-        self.started = 0.0
-        self.started_fresh = False  # ``started`` is still "now" for the request timer
-        self.awaiting_head = False
-        self.req_deadline = 0.0
-        self.connecting: PendingConnect | None = None
-        self.req_timer: asyncio.TimerHandle | None = None
+        self.dispatching = False  # inside dispatch: the caller reads the next head
         self.head_timer: asyncio.TimerHandle | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
-        self.write_paused = False
-        self.paused_upstream = False
         self.paused_buffer = False
 
     # -- asyncio callbacks -------------------------------------------------
@@ -132,7 +111,8 @@ class HttpServer(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = (str(peer[0]), int(peer[1]))
-            self.client_ip = self.peer[0].encode()
+            self.client_addr = self.peer[0]
+            self.client_ip = self.client_addr.encode()
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened(ctx.name)
@@ -174,14 +154,13 @@ class HttpServer(asyncio.Protocol):
         return self.state == WAIT
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = CLOSED
         ctx = self.ctx
         ctx.connections.discard(self)
         ctx.metrics.connection_closed(ctx.name)
+        self.abandon()
+        self.state = CLOSED
         self.cancel_timers()
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
+        self.drop_connecting()
         up = self.up
         self.up = None
         if up is not None:
@@ -231,38 +210,51 @@ class HttpServer(asyncio.Protocol):
                 raw = bytes(src[:end])
                 rest = src[end:]
                 self.buf = rest if type(rest) is bytearray else bytearray(rest)
-            if self.dispatch(head, raw) or self.state != IDLE:
+            self.dispatching = True
+            try:
+                self.dispatch(head, raw)
+            finally:
+                self.dispatching = False
+            if self.state != IDLE:
                 return
             src = self.buf
             if not src:
                 self.arm_idle(ctx.loop.time())
                 return
 
-    def dispatch(self, head: fp.RequestHead, raw: bytes) -> bool:
-        """Start an exchange for ``head``; True when the caller must stop reading
-        heads (an exchange started or the connection closes)."""
+    def dispatch(self, head: fp.RequestHead, raw: bytes) -> None:
+        """Start an exchange for ``head`` (or answer it locally)."""
         ctx = self.ctx
         if head.method == b"CONNECT":
             self.refuse(501, "CONNECT not supported")
-            return True
+            return
         target_bytes = head.target
         if target_bytes[:1] == b"/":
             authority, path = None, target_bytes
         else:
             authority, path = origin_form(target_bytes)
-        target = ctx.resolver.resolve(ctx.name, head, authority or head.host, self.peer)
-        if isinstance(target, LocalReply):
-            close = head.body != fp.BODY_NONE or not head.keep_alive or ctx.draining
-            assert self.transport is not None
-            self.transport.write(
-                local_reply(target.status, target.reason, close, head.method == b"HEAD")
-            )
-            ctx.metrics.request_done(ctx.name, "unknown", target.status, 0.0)
-            if close:
-                self.close()
-            return close
-        self.target = target
-        self.started = ctx.loop.time()
+        host = authority or head.host
+        now = ctx.loop.time()
+        ex = Exchange(ctx.name, ctx.direction, ctx.source_service)
+        ex.start = now
+        ex.start_wall = time.time()
+        ex.method = head.method
+        ex.authority = host or b""
+        ex.path = path
+        rid = fp.header_value(head.headers, b"x-request-id") or new_request_id()
+        ex.request_id = rid
+        route = ctx.resolver.resolve(ctx.name, head, host, self.client_addr, path)
+        if isinstance(route, LocalReply):
+            ctx.observer.exchange_started(ex, head.headers)
+            self.local_answer(head, ex, route)
+            return
+        ex.destination_service = route.service
+        ex.destination_subset = route.subset
+        ex.route = route.name
+        extra = ctx.observer.exchange_started(ex, head.headers)
+        self.exchange = ex
+        self.route = route
+        self.started = now
         self.started_fresh = True
         self.method = head.method
         self.client_version = head.version
@@ -273,13 +265,26 @@ class HttpServer(asyncio.Protocol):
         self.head_sent = False
         self.status = 0
         self.retried = False
-        payload = build_request_head(head, path, self.client_ip, authority, raw)
+        self.retries = 0
+        self.route_deadline = 0.0
+        policy = self.retry_policy = route.retry
+        self.tried = [] if policy is not None else None
+        self.response_edit = route.response_headers
+        self.balance_key = (
+            route.balance_key(head.headers, self.client_addr) if route.hashed else None
+        )
+        mirror_head: bytes | None = None
+        if route.plain and not extra:
+            payload = build_request_head(head, path, self.client_ip, authority, raw, rid)
+        else:
+            payload, mirror_head = self.edited_head(head, route, path, authority, rid, extra)
+        head_size = len(payload)
         framing = head.body
         buf = self.buf
         if framing == fp.BODY_NONE:
             done = True
         elif framing == fp.BODY_LENGTH:
-            length = head.content_length
+            length = ex.bytes_in = head.content_length
             n = len(buf)
             if n:
                 if n <= length:
@@ -299,24 +304,90 @@ class HttpServer(asyncio.Protocol):
                     _pieces, consumed = decoder.feed(chunk)
                 except fp.ParseError as exc:
                     self.refuse(exc.status, exc.reason)
-                    return True
+                    return
                 payload += chunk[:consumed]
+                ex.bytes_in = consumed
                 del buf[:consumed]
             done = decoder.done
         self.request_done = done
         self.state = WAIT if done else BODY
-        self.sent = payload if done and head.method in IDEMPOTENT else None
-        if self.expect_continue and target.key in ctx.http10_endpoints:
-            # An HTTP/1.0 upstream never sends 100: we answer it ourselves.
-            assert self.transport is not None
-            self.transport.write(CONTINUE)
-            self.expect_continue = False
-        up = ctx.pool.take(target.key)
-        if up is not None:
-            self.attach(up, payload)
+        self.replay = None
+        if done:
+            self.sent = payload if policy is not None or head.method in IDEMPOTENT else None
         else:
-            self.connect(payload)
-        return True
+            self.sent = None
+            body_size = len(payload) - head_size
+            if policy is not None and body_size <= REPLAY_LIMIT:
+                self.replay = [payload]
+                self.replay_size = body_size
+        if route.plain:
+            self.start_try(payload)
+            return
+        delay = 0.0
+        if route.fault is not None:
+            action = fault_for(route.fault, _rand(), _rand())
+            if action.abort is not None:
+                ex.add_flag(FAULT_ABORT)
+                self.fail(action.abort, "fault filter abort")
+                return
+            delay = action.delay
+        if (
+            mirror_head is not None
+            and done
+            and len(payload) - head_size <= REPLAY_LIMIT
+            and route.mirror_cluster is not None
+            and mirror_for(route.mirror, _rand()) is not None
+        ):
+            timeout = route.timeout if route.timeout is not None else ctx.request_timeout
+            mirrored = mirror_head + payload[head_size:]
+            send_mirror(ctx, route.mirror_cluster, mirrored, head.method, timeout)
+        if delay:
+            ex.add_flag(FAULT_DELAY)
+            self.pending = [payload]  # the body that arrives meanwhile joins it
+            self.wait_timer = ctx.loop.call_later(delay, self.delay_over)
+            return
+        self.start_try(payload)
+
+    def edited_head(
+        self,
+        head: fp.RequestHead,
+        route: Route,
+        path: bytes,
+        authority: bytes | None,
+        rid: bytes,
+        extra: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, bytes | None]:
+        """The upstream head after the observer's fields, the route's header
+        edits and rewrites; and the mirror's head (Host ``-shadow``) if any."""
+        headers = head.headers
+        if extra:
+            names = {name.lower() for name, _ in extra}
+            headers = [pair for pair in headers if pair[0].lower() not in names]
+            headers.extend(extra)
+        edit = route.request_headers
+        if edit is not None:
+            headers = edit.apply(headers)
+        upath = route.upstream_path(path)
+        host = route.host_rewrite or authority
+        out = build_request_head(head, upath, self.client_ip, host, None, rid, headers)
+        mirror = None
+        if route.mirror is not None:
+            shadow = shadow_host(host or head.host or b"")
+            mirror = build_request_head(head, upath, self.client_ip, shadow, None, rid, headers)
+        return out, mirror
+
+    def local_answer(self, head: fp.RequestHead, ex: Exchange, reply: LocalReply) -> None:
+        """Answer a request the resolver refused; the exchange ends here."""
+        ctx = self.ctx
+        close = head.body != fp.BODY_NONE or not head.keep_alive or ctx.draining
+        assert self.transport is not None
+        self.transport.write(local_reply(reply.status, reply.reason, close, head.method == b"HEAD"))
+        ex.add_flag(reply.flag)
+        ex.status = reply.status
+        ex.duration = ctx.loop.time() - ex.start
+        ctx.observer.exchange_done(ex)
+        if close:
+            self.close()
 
     def relay_body(self, data: bytes) -> None:
         if self.decoder is None:
@@ -337,6 +408,8 @@ class HttpServer(asyncio.Protocol):
         except fp.ParseError as exc:
             self.refuse(exc.status, exc.reason)
             return
+        if self.exchange is not None:
+            self.exchange.bytes_in += consumed
         self.send_up(data if consumed == len(data) else data[:consumed])
         if self.decoder.done:
             self.decoder = None
@@ -345,6 +418,14 @@ class HttpServer(asyncio.Protocol):
             self.body_complete()
 
     def send_up(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            size = self.replay_size + len(data)
+            if size > REPLAY_LIMIT:
+                self.replay = None  # too long to keep: this request is not retried
+            else:
+                replay.append(data)
+                self.replay_size = size
         up = self.up
         if up is not None:
             assert up.transport is not None
@@ -357,81 +438,16 @@ class HttpServer(asyncio.Protocol):
 
     def body_complete(self) -> None:
         self.request_done = True
+        if self.replay is not None:
+            self.sent = b"".join(self.replay)
+            self.replay = None
         if self.state == BODY:
             self.state = WAIT
             if self.up is not None and not self.head_sent:
                 self.started_fresh = False  # the wait starts now, not at the head
                 self.arm_request_timer()
 
-    # -- upstream connection -----------------------------------------------
-
-    def connect(self, payload: bytes) -> None:
-        target = self.target
-        assert target is not None
-        self.pending = [payload]
-        self.connecting = PendingConnect(self.ctx, target.host, target.port, self.connected)
-
-    def connected(self, up: UpstreamConnection | None, failure: str) -> None:
-        self.connecting = None
-        if up is None:
-            self.fail(503, failure)
-            return
-        pending = self.pending or []
-        self.pending = None
-        self.attach(up, b"".join(pending))
-
-    def attach(self, up: UpstreamConnection, payload: bytes) -> None:
-        self.up = up
-        up.start(self, self.method, payload)
-        if self.paused_upstream:
-            self.paused_upstream = False
-            self.update_reading()
-        if self.request_done:
-            self.arm_request_timer()
-
-    def arm_request_timer(self) -> None:
-        """Start waiting for the response head.  The timer is re-armed lazily:
-        most requests finish long before it fires, and then it only moves on."""
-        target = self.target
-        assert target is not None
-        timeout = target.timeout if target.timeout is not None else self.ctx.request_timeout
-        loop = self.ctx.loop
-        now = self.started if self.started_fresh else loop.time()
-        self.started_fresh = False
-        deadline = now + timeout
-        self.req_deadline = deadline
-        self.awaiting_head = True
-        timer = self.req_timer
-        if timer is None:
-            self.req_timer = loop.call_at(deadline, self.request_timer_fired)
-        elif timer.when() > deadline:
-            timer.cancel()
-            self.req_timer = loop.call_at(deadline, self.request_timer_fired)
-
-    def request_timer_fired(self) -> None:
-        self.req_timer = None
-        if not self.awaiting_head:
-            return
-        loop = self.ctx.loop
-        if self.req_deadline - loop.time() > 0.001:
-            self.req_timer = loop.call_at(self.req_deadline, self.request_timer_fired)
-            return
-        self.request_timeout()
-
-    def request_timeout(self) -> None:
-        self.awaiting_head = False
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.abort()
-        self.fail(504, "upstream response timeout")
-
     # -- called by the upstream connection ---------------------------------
-
-    def expects_continue(self) -> bool:
-        expect = self.expect_continue
-        self.expect_continue = False
-        return expect
 
     def close_after_response(self, body: int) -> bool:
         """Decide, as the response head leaves, whether the client connection
@@ -457,14 +473,12 @@ class HttpServer(asyncio.Protocol):
 
     def response_done(self, close: bool) -> None:
         ctx = self.ctx
-        target = self.target
         now = ctx.loop.time()
-        ctx.metrics.request_done(
-            ctx.name, target.service if target is not None else "unknown", self.status,
-            now - self.started,
-        )  # fmt: skip
+        self.finish_exchange(now)
         self.up = None
         self.sent = None
+        self.replay = None
+        self.route = None
         self.head_sent = False
         if close or self.close_after or self.state == CLOSED:
             self.close()
@@ -473,6 +487,8 @@ class HttpServer(asyncio.Protocol):
         if self.paused_buffer or self.paused_upstream:
             self.paused_buffer = self.paused_upstream = False
             self.update_reading()
+        if self.dispatching:
+            return  # read_heads, our caller, goes on with the buffer
         if self.buf:
             self.read_heads(self.buf)
         else:
@@ -480,64 +496,37 @@ class HttpServer(asyncio.Protocol):
             if self.idle_timer is None:
                 self.idle_timer = ctx.loop.call_later(ctx.idle_timeout, self.idle_check)
 
-    def upstream_failed(self, up: UpstreamConnection, retryable: bool) -> None:
-        """``up`` closed before any response byte."""
-        if self.up is up:
-            self.up = None
-        if retryable and self.sent is not None and not self.retried:
-            self.retried = True
-            self.awaiting_head = False
-            self.connect(self.sent)
-            return
-        self.fail(502, "upstream reset before response")
-
-    def upstream_bad_response(self) -> None:
-        self.up = None
-        if self.head_sent:
-            self.abort_exchange()
-        else:
-            self.fail(502, "bad upstream response")
-
-    def abort_exchange(self) -> None:
-        """The exchange broke after the response began: the client can only
-        learn it from the connection closing."""
-        self.up = None
-        self.status = self.status or 502
-        self.response_done(close=True)
-
-    def pause_for_upstream(self) -> None:
-        self.paused_upstream = True
-        self.update_reading()
-
-    def resume_for_upstream(self) -> None:
-        self.paused_upstream = False
-        self.update_reading()
-
     # -- endings -----------------------------------------------------------
 
-    def fail(self, status: int, reason: str) -> None:
-        """Answer the current exchange locally (no response byte sent yet)."""
-        if self.state == CLOSED:
+    def abandon(self) -> None:
+        """The client connection ends with an exchange in flight."""
+        if self.exchange is None:
             return
-        self.awaiting_head = False
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.close()
-        if self.head_sent:
-            self.abort_exchange()
-            return
-        if not self.request_done:
-            self.close_after = True
-        self.status = status
-        assert self.transport is not None
-        close = self.close_after or self.ctx.draining
-        self.transport.write(local_reply(status, reason, close, self.method == b"HEAD"))
-        self.response_done(close=False)
+        if self.wait_timer is not None:
+            self.wait_timer.cancel()
+            self.wait_timer = None
+        if not self.status:
+            self.exchange.add_flag(DOWNSTREAM_TERMINATED)
+        self.end_try(None)
+        self.finish_exchange(self.ctx.loop.time())
 
     def refuse(self, status: int, reason: str) -> None:
         """A request we cannot frame: answer if we still may, then close."""
-        self.ctx.metrics.request_done(self.ctx.name, "unknown", status, 0.0)
+        ctx = self.ctx
+        self.end_try(None)
+        ex = self.exchange
+        if ex is None:
+            ex = Exchange(ctx.name, ctx.direction, ctx.source_service)
+            ex.start = ctx.loop.time()
+            ex.start_wall = time.time()
+            ex.add_flag(BAD_REQUEST)
+            ex.status = status
+            ctx.observer.exchange_done(ex)
+        else:
+            ex.add_flag(BAD_REQUEST)
+            if not self.head_sent:
+                self.status = status
+            self.finish_exchange(ctx.loop.time())
         if self.transport is not None and not self.head_sent:
             self.transport.write(local_reply(status, reason, True))
         self.close()
@@ -574,18 +563,17 @@ class HttpServer(asyncio.Protocol):
             transport.resume_reading()
 
     def cancel_timers(self) -> None:
-        for timer in (self.req_timer, self.head_timer, self.idle_timer):
+        for timer in (self.req_timer, self.head_timer, self.idle_timer, self.wait_timer):
             if timer is not None:
                 timer.cancel()
-        self.req_timer = self.head_timer = self.idle_timer = None
+        self.req_timer = self.head_timer = self.idle_timer = self.wait_timer = None
 
     def close(self) -> None:
         if self.state != CLOSED:
+            self.abandon()
             self.state = CLOSED
             self.cancel_timers()
-            if self.connecting is not None:
-                self.connecting.cancel()
-                self.connecting = None
+            self.drop_connecting()
             up = self.up
             self.up = None
             if up is not None:

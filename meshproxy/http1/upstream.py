@@ -28,6 +28,7 @@ from meshproxy.http1.replies import CONTINUE
 if TYPE_CHECKING:
     from meshproxy.http1.context import ListenerContext
     from meshproxy.http1.server import HttpServer
+    from meshproxy.upstream import Cluster, EndpointState
 
 # Connection states.
 IDLE = 0  # parked in the pool (or just connected)
@@ -42,10 +43,12 @@ CLOSED = 6
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "buf",
+        "cluster",
         "ctx",
         "decode",
         "decoder",
         "down",
+        "endpoint",
         "eof",
         "got_bytes",
         "idle_after",
@@ -82,6 +85,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.parked_at = 0.0
         self.reading_paused = False
         self.eof = False  # tunnels only: the upstream half-closed
+        # Set once the connection counts against its cluster's breaker and
+        # the endpoint's connection gauge; released when it closes.
+        self.cluster: Cluster | None = None
+        self.endpoint: EndpointState | None = None
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -117,6 +124,8 @@ class UpstreamConnection(asyncio.Protocol):
             down = self.down
             assert down is not None and down.transport is not None
             down.transport.write(data)
+            if down.exchange is not None:
+                down.exchange.bytes_out += len(data)
         elif state == IDLE:
             # An idle upstream must not speak; whatever it says, it is unusable.
             self.close()
@@ -139,6 +148,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         state = self.state
         self.state = CLOSED
+        self.release()
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -187,10 +197,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()
 
+    def release(self) -> None:
+        cluster = self.cluster
+        if cluster is not None:
+            self.cluster = None
+            assert self.endpoint is not None
+            cluster.connection_closed(self.endpoint)
+            cluster.breakers.release_connection()
+
     def close(self) -> None:
         if self.state != CLOSED:
             self.down = None
             self.state = CLOSED
+            self.release()
             self.ctx.pool.discard(self.key, self)
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
@@ -229,6 +248,9 @@ class UpstreamConnection(asyncio.Protocol):
             if head.status == 100 and down.expects_continue():
                 down.transport.write(CONTINUE)
             start = end
+        if down.retry_policy is not None and down.retry_on_status(head.status):
+            self.close()  # the try is retried: nothing of this answer is relayed
+            return
         down.status = head.status
         down.awaiting_head = False
         if head.body == fp.BODY_TUNNEL and not down.upgrade_requested:
@@ -254,7 +276,17 @@ class UpstreamConnection(asyncio.Protocol):
             connection = b"keep-alive"
         else:
             connection = None
-        unchanged = not hop and connection is None and not chunked_out and head.version == 11
+        edit = down.response_edit
+        unchanged = (
+            not hop
+            and connection is None
+            and not chunked_out
+            and head.version == 11
+            and edit is None
+        )
+        ex = down.exchange
+        if ex is not None and body == fp.BODY_LENGTH:
+            ex.bytes_out = head.content_length
         if (
             unchanged
             and body == fp.BODY_LENGTH
@@ -270,7 +302,13 @@ class UpstreamConnection(asyncio.Protocol):
             out = raw
         else:
             out = build_response_head(
-                head, raw, hop, chunked_out, connection, body == fp.BODY_TUNNEL
+                head,
+                raw,
+                hop,
+                chunked_out,
+                connection,
+                body == fp.BODY_TUNNEL,
+                edit.apply(head.headers) if edit is not None else None,
             )
         rest = src[end:]
         if self.buf:
@@ -320,6 +358,8 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             down.abort_exchange()
             return
+        if down.exchange is not None:
+            down.exchange.bytes_out += consumed
         if self.decode:
             if pieces:
                 down.transport.write(b"".join(pieces))
