@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from meshproxy.config.base import Model
+from meshproxy.config.filters import RedisTarget
 from meshproxy.config.types import Duration
 
 
@@ -140,9 +141,33 @@ class EndpointBreaker(Model):
 
 
 class RateLimit(Model):
-    key: str
+    """A token bucket per key value (``meshproxy.policy.ratelimit``).
+
+    ``key``: ``client_address``, ``route``, ``peer`` (the caller's principal),
+    ``header`` (the value of ``header``; absent header: not limited) or
+    ``service`` (one bucket for every request).  ``burst``: the bucket size,
+    0 meaning one second's worth.  ``scope: global`` shares one limit between
+    every sidecar through Redis (GCRA); ``on_redis_error`` says what a request
+    gets while Redis cannot answer."""
+
+    key: Literal["client_address", "route", "peer", "header", "service"]
+    header: str | None = None
     requests_per_second: float = Field(gt=0)
     burst: int = Field(default=0, ge=0)
+    name: str | None = None  # the policy name in RateLimit headers; default: the key
+    scope: Literal["local", "global"] = "local"
+    redis: RedisTarget | None = None
+    on_redis_error: Literal["allow", "deny"] = "allow"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RateLimit:
+        if (self.key == "header") != (self.header is not None):
+            raise ValueError("key: header needs 'header' (and only it takes one)")
+        if self.scope == "global" and self.redis is None:
+            raise ValueError("scope: global needs 'redis'")
+        if self.scope == "local" and self.redis is not None:
+            raise ValueError("'redis' is only used by scope: global")
+        return self
 
 
 class Policy(Model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from meshproxy.config.access import Access
 from meshproxy.config.base import Model
+from meshproxy.config.filters import FilterRef
 from meshproxy.config.policy import Policy, Service
 from meshproxy.config.routes import RouteTable
 
@@ -20,3 +21,4 @@ class Snapshot(Model):
     routes: list[RouteTable] = []
     policies: list[Policy] = []
     access: list[Access] = []
+    filters: list[FilterRef] = []  # user filters, in chain order (meshproxy.policy)

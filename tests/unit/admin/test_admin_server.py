@@ -26,6 +26,9 @@ class FakeProxy:
     def config_dump(self) -> dict[str, object]:
         return self.config
 
+    def clusters(self) -> dict[str, object]:
+        return {}
+
 
 @pytest.fixture
 def proxy(monkeypatch: pytest.MonkeyPatch) -> FakeProxy:
