@@ -10,7 +10,10 @@ Paths: ``/`` hello; ``/echo`` the body back; ``/head`` the request head back;
 first; ``/close`` answer then close; ``/until-close`` a body ended by closing;
 ``/continue`` answer 100 Continue before reading the body; ``/hop`` hop-by-hop
 fields in the answer; ``/reset`` an RST instead of an answer; ``/sink`` read a
-body slowly (``?rate=BYTES_PER_50MS``) and answer its length.
+body slowly (``?rate=BYTES_PER_50MS``) and answer its length; ``/healthz``
+answers ``health_status``.  Set ``status_override`` to answer every other
+path with that status, ``delay`` to wait that long before every answer, and
+``tag`` to name the origin in an ``X-Origin`` response field.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ class Origin:
     # Per connection: after this many answers, read the next head and close
     # without answering (the race of a keep-alive connection closing).
     drop_after: int | None = None
+    status_override: int | None = None
+    delay: float = 0.0
+    health_status: int = 200
+    tag: str | None = None
+    answered: int = 0  # answers written, health checks excluded
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -114,6 +122,18 @@ class Origin:
             self._send(writer, 200, str(total).encode())
             return True
         seen.body = await self._read_body(reader, headers)
+        if path == "/healthz":
+            self.requests.pop()  # probes are not traffic
+            self._send(writer, self.health_status, b"health")
+            await writer.drain()
+            return True
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.answered += 1
+        if self.status_override is not None:
+            self._send(writer, self.status_override, b"override")
+            await writer.drain()
+            return True
         if path == "/slow":
             await asyncio.sleep(int(query.get("ms", "100")) / 1000)
         if path in ("/echo", "/continue"):
@@ -175,6 +195,8 @@ class Origin:
         ka = b""
         if self.keep_alive_header is not None:
             ka = b"Keep-Alive: " + self.keep_alive_header.encode() + b"\r\n"
+        if self.tag is not None:
+            ka += b"X-Origin: " + self.tag.encode() + b"\r\n"
         writer.write(
             b"%s %d OK\r\nContent-Length: %d\r\nContent-Type: text/plain\r\n%s%s\r\n%s"
             % (self.version.encode(), status, len(body), ka, extra, body)

@@ -132,3 +132,30 @@ async def start_proxy(
         proc.wait(5)
         raise
     return proxy
+
+
+def mesh_config(
+    services: dict[str, list[tuple[int, str | None]]],
+    routes: list[dict[str, Any]] | None = None,
+    policies: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A bootstrap whose services have loopback endpoints ``(port, version)``;
+    each version label becomes a subset of its service."""
+    config = basic_config({})
+    snapshot = config["snapshot"]
+    by_service = {p["service"]: p for p in policies or []}
+    for name, endpoints in services.items():
+        snapshot["services"][name] = {
+            "endpoints": [
+                {"address": "127.0.0.1", "port": port}
+                | ({"labels": {"version": version}} if version else {})
+                for port, version in endpoints
+            ]
+        }
+        versions = sorted({v for _, v in endpoints if v})
+        if versions:
+            policy = by_service.setdefault(name, {"service": name})
+            policy.setdefault("subsets", {v: {"labels": {"version": v}} for v in versions})
+    snapshot["routes"] = routes or []
+    snapshot["policies"] = list(by_service.values())
+    return config
