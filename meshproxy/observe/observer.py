@@ -139,15 +139,19 @@ class MeshObserver:
                     exchange.parent_span_id = caller.span_id
             return []
         caller = extract(headers, self._formats)
-        span_id = f"{_getrandbits(64) or 1:016x}"
         if caller is None:
-            trace_id = f"{_getrandbits(128) or 1:032x}"
+            # One draw for both ids: 128 bits of trace, 64 of span.
+            ids = f"{_getrandbits(192):048x}"
+            trace_id, span_id = ids[:32], ids[32:]
             parent = ""
             sampled = self._sampler.decide(None)
         else:
+            span_id = f"{_getrandbits(64):016x}"
             trace_id = caller.trace_id
             parent = caller.span_id
             sampled = self._sampler.decide(caller.sampled)
+        if span_id == "0000000000000000" or trace_id == "0" * 32:
+            return self.exchange_started(exchange, headers)  # all-zero ids are invalid
         exchange.trace_id = trace_id
         exchange.span_id = span_id
         exchange.parent_span_id = parent

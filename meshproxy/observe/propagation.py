@@ -194,16 +194,18 @@ def inject(
 ) -> list[tuple[bytes, bytes]]:
     """Header fields that carry our span (``span_id``) to the next hop."""
     out: list[tuple[bytes, bytes]] = []
-    flag = "1" if sampled else "0"
+    tid = trace_id.encode()
+    sid = span_id.encode()
+    flag = b"1" if sampled else b"0"
     for fmt in formats:
         if fmt == W3C:
-            out.append((b"traceparent", f"00-{trace_id}-{span_id}-0{flag}".encode()))
+            out.append((b"traceparent", b"00-%s-%s-0%s" % (tid, sid, flag)))
         elif fmt == B3:
-            out.append((b"b3", f"{trace_id}-{span_id}-{flag}".encode()))
+            out.append((b"b3", b"%s-%s-%s" % (tid, sid, flag)))
         elif fmt == B3_MULTI:
-            out.append((b"x-b3-traceid", trace_id.encode()))
-            out.append((b"x-b3-spanid", span_id.encode()))
+            out.append((b"x-b3-traceid", tid))
+            out.append((b"x-b3-spanid", sid))
             if parent_span_id:
                 out.append((b"x-b3-parentspanid", parent_span_id.encode()))
-            out.append((b"x-b3-sampled", flag.encode()))
+            out.append((b"x-b3-sampled", flag))
     return out
