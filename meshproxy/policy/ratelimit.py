@@ -96,8 +96,15 @@ class BucketTable:
         (amortised O(1) per new key)."""
         buckets = self._buckets
         target = self.max_keys - max(1, self.max_keys // 10)
-        full = [key for key, bucket in buckets.items() if bucket.is_full(now)]
-        for key in full[: len(buckets) - target]:
+        needed = len(buckets) - target
+        # Oldest first: idle keys gather there, so the scan usually stops early.
+        full = []
+        for key, bucket in buckets.items():
+            if bucket.is_full(now):
+                full.append(key)
+                if len(full) == needed:
+                    break
+        for key in full:
             del buckets[key]
         while len(buckets) > target:
             buckets.popitem(last=False)
@@ -150,13 +157,25 @@ def too_many(name: bytes, policy: bytes, retry_after: float) -> LocalReply:
 
 
 class _Limit:
-    __slots__ = ("key_of", "name", "policy", "table")
+    __slots__ = ("key_of", "label", "name", "policy", "replies", "table")
 
     def __init__(self, limit: RateLimit, max_keys: int) -> None:
-        self.name = limit_name(limit).encode()
+        self.label = limit_name(limit)
+        self.name = self.label.encode()
         self.key_of = key_function(limit)
         self.policy = policy_header(limit)
         self.table = BucketTable(limit.requests_per_second, capacity_of(limit), max_keys)
+        # 429s by whole seconds to wait: a refusal storm must not cost more than success.
+        self.replies: dict[int, LocalReply] = {}
+
+    def refusal(self, retry_after: float) -> LocalReply:
+        wait = max(1, math.ceil(retry_after))
+        reply = self.replies.get(wait)
+        if reply is None:
+            reply = too_many(self.name, self.policy, wait)
+            if len(self.replies) < 64:
+                self.replies[wait] = reply
+        return reply
 
 
 class LocalRateLimit:
@@ -181,6 +200,6 @@ class LocalRateLimit:
                 continue
             allowed, retry_after, _remaining = limit.table.take(key, now)
             if not allowed:
-                self.counters.incr("ratelimit_denied", limit.name.decode())
-                return too_many(limit.name, limit.policy, retry_after)
+                self.counters.incr("ratelimit_denied", limit.label)
+                return limit.refusal(retry_after)
         return None
