@@ -186,8 +186,11 @@ class WatchState:
 
     def cache_applied(self, version: int | None) -> None:
         self.applied = version
-        self.index = version
         self.source = "cache"
+        if self.index is None:
+            # Only when nothing was received: after a refused delivery the index
+            # stays on it, or the control plane would send it again at once.
+            self.index = version
 
     def round_failed(self, why: str) -> None:
         self.failures += 1

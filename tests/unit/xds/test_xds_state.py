@@ -140,3 +140,12 @@ def test_failures_count_until_a_round_succeeds() -> None:
     assert state.failures == 2 and state.last_error == "refused"
     state.round_succeeded()
     assert state.failures == 0
+
+
+def test_the_cache_does_not_move_the_index_back_from_a_refused_delivery() -> None:
+    state = WatchState()
+    refused = Delivery(9, "n", None, "bad")
+    state.received(refused)
+    state.refused(refused, "bad")
+    state.cache_applied(7)
+    assert state.index == 9 and state.applied == 7

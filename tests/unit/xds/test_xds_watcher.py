@@ -19,7 +19,14 @@ from control.settings import ControlSettings
 from control.store.sqlite import SQLiteStore
 from meshproxy.config import Bootstrap, ConfigError, Node, Snapshot
 from meshproxy.routing import CompiledRoutes
-from meshproxy.xds import Backoff, SnapshotWatcher, load_cache, save_cache, watcher_for
+from meshproxy.xds import (
+    Backoff,
+    SnapshotWatcher,
+    first_snapshot,
+    load_cache,
+    save_cache,
+    watcher_for,
+)
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 READER = {"Authorization": "Bearer read-secret"}
@@ -194,9 +201,14 @@ async def test_a_mirror_to_an_unknown_subset_passes_the_api_but_the_route_compil
     assert proxy["acked_version"] == written - 1
 
 
-def _scripted(answers: list[tuple[int, bytes]], acks: list[dict[str, Any]]) -> web.Application:
+def _scripted(
+    answers: list[tuple[int, bytes]],
+    acks: list[dict[str, Any]],
+    ack_statuses: list[int] | None = None,
+) -> web.Application:
     """A control-plane double: answers polls from ``answers`` in turn (then
-    holds the poll), records ACK bodies."""
+    holds the poll), records ACK bodies and answers them from ``ack_statuses``
+    in turn (then 200)."""
 
     async def snapshot(request: web.Request) -> web.Response:
         if answers:
@@ -207,7 +219,8 @@ def _scripted(answers: list[tuple[int, bytes]], acks: list[dict[str, Any]]) -> w
 
     async def ack(request: web.Request) -> web.Response:
         acks.append(await request.json())
-        return web.json_response({"recorded": True})
+        status = ack_statuses.pop(0) if ack_statuses else 200
+        return web.json_response({"recorded": status == 200}, status=status)
 
     app = web.Application()
     app.router.add_get("/v1/snapshot", snapshot)
@@ -347,3 +360,98 @@ def test_token_and_token_file_together_are_refused() -> None:
                 "control_plane": {"url": "http://h:1", "token": "a", "token_file": "/t"},
             }
         )
+
+
+def _delivery(version: int, nonce: str, snapshot: object) -> tuple[int, bytes]:
+    return 200, json.dumps({"version": version, "nonce": nonce, "snapshot": snapshot}).encode()
+
+
+async def test_an_ack_lost_to_a_server_error_is_sent_again_before_the_next_poll() -> None:
+    acks: list[dict[str, Any]] = []
+    answers = [_delivery(1, "a", {})]
+    applied = Applied()
+    async with TestServer(_scripted(answers, acks, [503]), host="127.0.0.1") as server:
+        watcher = _watcher(f"http://127.0.0.1:{server.port}", applied, wait=0.2)
+        watcher.start()
+        try:
+            await _until(_true_when(lambda: len(acks) >= 2 and watcher.state.pending is None))
+        finally:
+            await watcher.stop()
+    assert acks[0] == acks[1] == {"node": "reviews-1", "version": 1, "nonce": "a"}
+    assert len(applied.snapshots) == 1
+
+
+async def test_an_ack_refused_as_stale_is_dropped_not_repeated() -> None:
+    acks: list[dict[str, Any]] = []
+    answers = [_delivery(1, "a", {}), _delivery(2, "b", {})]
+    applied = Applied()
+    async with TestServer(_scripted(answers, acks, [409]), host="127.0.0.1") as server:
+        watcher = _watcher(f"http://127.0.0.1:{server.port}", applied, wait=0.2)
+        watcher.start()
+        try:
+            await _until(_true_when(lambda: len(acks) >= 2 and watcher.state.pending is None))
+        finally:
+            await watcher.stop()
+    assert [(a["version"], a["nonce"]) for a in acks] == [(1, "a"), (2, "b")]
+    assert watcher.state.failures == 0
+
+
+async def test_a_fault_inside_apply_is_a_nack_and_the_watch_goes_on() -> None:
+    def broken(snapshot: Snapshot) -> None:
+        raise RuntimeError("boom")
+
+    acks: list[dict[str, Any]] = []
+    answers = [_delivery(1, "a", {}), _delivery(2, "b", {})]
+    async with TestServer(_scripted(answers, acks), host="127.0.0.1") as server:
+        watcher = SnapshotWatcher(
+            f"http://127.0.0.1:{server.port}", NODE, None, broken, backoff=FAST, wait=0.2
+        )
+        watcher.start()
+        try:
+            await _until(_true_when(lambda: len(acks) >= 2))
+        finally:
+            await watcher.stop()
+    assert [a["error"] for a in acks] == ["internal error while applying: RuntimeError('boom')"] * 2
+    assert not watcher.in_force.is_set()
+
+
+async def test_a_refused_first_snapshot_falls_back_to_the_cache(tmp_path: Path) -> None:
+    cached = Snapshot.model_validate({"services": {"ratings": {}}})
+    save_cache(tmp_path / "cache" / "reviews-1.json", 4, cached)
+    applied = Applied(lambda s: "refused" if "details" in s.services else None)
+    acks: list[dict[str, Any]] = []
+    answers = [_delivery(5, "a", {"services": {"details": {}}})]
+    async with TestServer(_scripted(answers, acks), host="127.0.0.1") as server:
+        watcher = _watcher(f"http://127.0.0.1:{server.port}", applied, tmp_path, wait=0.2)
+        watcher.start()
+        try:
+            await _until(_true_when(lambda: bool(acks)))
+        finally:
+            await watcher.stop()
+    assert acks[0]["error"].endswith("refused")
+    assert applied.snapshots == [cached] and watcher.state.source == "cache"
+    # the refused version stays the index, so it is not delivered again at once
+    assert watcher.state.index == 5 and watcher.state.applied == 4
+
+
+async def test_an_unreadable_cache_leaves_the_sidecar_not_ready(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "reviews-1.json"
+    path.parent.mkdir()
+    path.write_text("{half")
+    applied = Applied()
+    watcher = _watcher(f"http://127.0.0.1:{_closed_port()}", applied, tmp_path)
+    watcher.start()
+    try:
+        await _until(_true_when(lambda: watcher.state.failures >= 2))
+    finally:
+        await watcher.stop()
+    assert not watcher.in_force.is_set() and applied.snapshots == []
+
+
+async def test_waiting_for_the_first_snapshot_ends_on_stop() -> None:
+    watcher = SnapshotWatcher("http://127.0.0.1:9", NODE, None, Applied())
+    stop = asyncio.Event()
+    stop.set()
+    assert await first_snapshot(watcher, stop) is False
+    watcher.in_force.set()
+    assert await first_snapshot(watcher, asyncio.Event()) is True
