@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from aiohttp import ClientSession, ClientTimeout, web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 
 from control.api.auth import AuthError, Tokens
 from control.api.models import ErrorBody, Problem
@@ -77,6 +79,41 @@ def _wrap(op: Operation) -> Callable[[web.Request], Awaitable[web.StreamResponse
 
 async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(request.app[OPENAPI_KEY])
+
+
+class _ControlMetrics:
+    """Scrape-time view of the push book: version, proxies, refusals (NACKs)."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self._cp = cp
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = list(self._cp.book.records.values())
+        yield GaugeMetricFamily(
+            "meshcontrol_config_version", "Global config version.", value=self._cp.version
+        )
+        proxies = GaugeMetricFamily(
+            "meshcontrol_proxies",
+            "Proxies known, by whether a long-poll is open.",
+            labels=["state"],
+        )
+        watching = sum(1 for r in records if r.watching > 0)
+        proxies.add_metric(["watching"], watching)
+        proxies.add_metric(["idle"], len(records) - watching)
+        yield proxies
+        yield GaugeMetricFamily(
+            "meshcontrol_proxies_refusing",
+            "Proxies whose last answer was a NACK (they refused the snapshot sent).",
+            value=sum(1 for r in records if r.last_error is not None),
+        )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    registry = CollectorRegistry()
+    registry.register(_ControlMetrics(request.app[CONTROL]))
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
 
 
 async def _check(session: ClientSession, cp: ControlPlane, instance: Instance) -> None:
@@ -150,6 +187,7 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _wrap(op))
     app.router.add_get(OPENAPI_PATH, _openapi)
+    app.router.add_get("/metrics", _metrics)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await cp.start()

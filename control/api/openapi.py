@@ -111,6 +111,13 @@ def openapi_document() -> dict[str, Any]:
             "responses": {"200": {"description": "OK", "content": {"application/json": {}}}},
         }
     }
+    paths["/metrics"] = {
+        "get": {
+            "summary": "Prometheus metrics: config version, proxies, refusals",
+            "operationId": "get_metrics",
+            "responses": {"200": {"description": "OK", "content": {"text/plain": {}}}},
+        }
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "meshcontrol", "version": "1"},

@@ -87,7 +87,10 @@ async def prometheus_for(tmp_path: Path) -> AsyncIterator[Any]:
         config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
         config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
         config["rule_files"] = [str(PROMETHEUS / "rules" / "*.yml")]
-        (job,) = config["scrape_configs"]
+        jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+        assert set(jobs) == {"meshproxy-sidecars", "meshcontrol"}
+        job = jobs["meshproxy-sidecars"]
+        config["scrape_configs"] = [job]  # no control plane runs here
         job["static_configs"] = [{"targets": [f"127.0.0.1:{admin_port}"]}]
         job.pop("file_sd_configs", None)
         path = tmp_path / "prometheus.yml"
