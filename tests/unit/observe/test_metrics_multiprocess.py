@@ -142,3 +142,13 @@ def test_memory_and_cpu_are_summed_over_live_processes(multiproc_dir: Path) -> N
     for pid in pids:
         mark_worker_dead(pid)
     assert 0 < samples(m)[key("meshproxy_processes_resident_memory_bytes")] < memory
+
+
+def test_stats_sum_the_workers_too(multiproc_dir: Path) -> None:
+    run_workers(multiproc_dir, [3, 4])
+    stats = ProxyMetrics().stats()
+    by_code = {
+        row["labels"]["response_code"]: row["value"]  # type: ignore[index]
+        for row in stats["meshproxy_requests_total"]
+    }
+    assert by_code == {"200": 7, "503": 2}
