@@ -291,3 +291,81 @@ def test_a_pending_phase_dropped_unawaited_can_be_closed_quietly() -> None:
     pending = chain(AsyncRecorder("a", [])).on_request(ctx())
     assert isinstance(pending, Pending)
     pending.close()  # the client went away: no "never awaited" warning
+
+
+async def test_after_an_async_hook_a_raising_or_nonsense_sync_hook_answers_500() -> None:
+    class Nonsense:
+        def on_request(self, c: RequestContext) -> str:
+            return "yes"
+
+    class AsyncNonsense:
+        async def on_request(self, c: RequestContext) -> str:
+            return "yes"
+
+    for c in (
+        chain(AsyncRecorder("a", []), Boom()),
+        chain(AsyncRecorder("a", []), Nonsense()),
+        chain(AsyncNonsense()),
+    ):
+        pending = c.on_request(ctx())
+        assert isinstance(pending, Pending)
+        reply = await pending
+        assert isinstance(reply, LocalReply) and reply.status == 500
+
+
+async def test_async_response_phase_failures_turn_the_answer_into_500() -> None:
+    class AsyncBoomResponse:
+        async def on_response(self, c: RequestContext) -> None:
+            raise RuntimeError("x")
+
+    class BoomResponse:
+        def on_response(self, c: RequestContext) -> None:
+            raise RuntimeError("y")
+
+    for filters in ((AsyncBoomResponse(),), (BoomResponse(), AsyncRecorder("b", []))):
+        c = chain(*filters)
+        r = ctx()
+        r.status = 200
+        pending = c.on_response(r)
+        assert isinstance(pending, Pending)
+        await pending
+        assert r.status == 500
+
+
+async def test_async_response_phase_skips_filters_that_did_not_take_part() -> None:
+    log: list[str] = []
+    c = chain(Recorder("a", log), Recorder("b", log, TEAPOT), AsyncRecorder("c", log))
+    r = ctx()
+    r.ran = 3  # as if every filter had continued
+    pending = c.on_response(r)
+    assert isinstance(pending, Pending)
+    await pending
+    assert log == ["aresp:c", "resp:b", "resp:a"]
+    log.clear()
+    r = ctx()
+    assert c.on_request(r) is TEAPOT
+    first = c.on_response(r)
+    assert first is None
+    assert log == ["req:a", "req:b", "resp:a"]
+
+
+async def test_a_filter_failing_to_close_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[str] = []
+
+    class BadClose:
+        def on_request(self, c: RequestContext) -> None:
+            return None
+
+        async def aclose(self) -> None:
+            raise OSError("gone")
+
+    class GoodClose(BadClose):
+        async def aclose(self) -> None:
+            closed.append("good")
+
+    with caplog.at_level(logging.ERROR, logger="meshproxy.policy"):
+        await chain(BadClose(), GoodClose()).aclose()
+    assert closed == ["good"]
+    assert "closing filter=BadClose" in caplog.text
