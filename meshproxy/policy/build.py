@@ -8,8 +8,9 @@ with no policies costs one empty loop.  Rate limits and access policies are
 those of ``service``: on an inbound listener the local service; outbound
 chains get only user filters unless the caller passes the target service.
 
-It must not run filters or do I/O beyond what filter constructors do (the
-JWT filter reads its JWKS file).
+A filter whose constructor fails refuses the snapshot with a ``ConfigError``
+naming ``snapshot.filters.N``.  It must not run filters or do I/O beyond what
+filter constructors do (the JWT filter reads its JWKS file).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from meshproxy.config.filters import FilterRef
+from meshproxy.config.load import ConfigError
 from meshproxy.config.snapshot import Snapshot
 from meshproxy.policy.authn import JwtFilter
 from meshproxy.policy.authz import Authz
@@ -60,7 +62,15 @@ def compile_chain(
     user: list[ChainEntry] = []
     authn: list[ChainEntry] = []
     for ref in refs:
-        name, filt = instantiate(ref, counters)
+        try:
+            name, filt = instantiate(ref, counters)
+        except Exception as exc:
+            # A constructor that fails (unreadable JWKS, a plugin's own check)
+            # refuses the snapshot like a validation error would.
+            index = snapshot.filters.index(ref)
+            raise ConfigError(
+                [(f"snapshot.filters.{index}", f"cannot build filter: {exc}")]
+            ) from exc
         entry = ChainEntry(name, filt, fail_open=ref.on_error == "allow")
         (authn if getattr(filt, "stage", None) == "authn" else user).append(entry)
     entries.extend(authn)

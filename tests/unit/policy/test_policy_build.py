@@ -234,3 +234,13 @@ def test_a_fail_open_user_filter_is_configured_by_on_error() -> None:
 class Broken:
     def on_request(self, ctx: RequestContext) -> None:
         raise RuntimeError("broken")
+
+
+def test_a_filter_that_cannot_be_built_refuses_the_snapshot(tmp_path: Path) -> None:
+    missing = str(tmp_path / "absent.json")
+    snap = snapshot(filters=[{"name": "jwt", "config": {"issuer": ISSUER, "jwks_file": missing}}])
+    with pytest.raises(ConfigError) as info:
+        compile_chain(snap, "s", "inbound")
+    (where, message), *_ = info.value.problems
+    assert where == "snapshot.filters.0"
+    assert "cannot read jwks_file" in message
