@@ -3,11 +3,14 @@
 This is the contract between the policy room and the data path (``http1``).
 
 **Building.**  ``compile_chain`` (``policy.build``) turns a snapshot into one
-``FilterChain`` per listener direction; rebuild it on every accepted snapshot
-and swap it between requests like the resolver; ``await old.aclose()`` after
-the swap (it closes Redis clients and the like).  The order is rate limit ->
-authentication (``jwt``) -> authz -> user filters -> ``tail`` (the data path's
-route and load-balance filters, if it passes them as filters).
+``FilterChain`` per HTTP listener (inbound: the node's service; outbound:
+None); it raises ``ConfigError`` when a filter cannot be built, which refuses
+the snapshot.  Rebuild on every accepted snapshot and swap it between
+requests like the resolver; ``await old.aclose()`` after the swap (it closes
+Redis clients and the like).  ``chain.names`` empty: skip the chain entirely.
+The order is rate limit -> authentication (``jwt``) -> authz -> user
+filters -> ``tail`` (route and load-balance filters, if the data path passes
+them as filters rather than resolving after the chain).
 
 **The context.**  One ``RequestContext`` per request (``__slots__``, no dict
 unless a filter asks).  The data path fills, before ``on_request``:
@@ -40,8 +43,10 @@ response the client gets, upstream or local).
 * a ``Pending``: a filter went asynchronous.  Run ``await pending`` (or
   ``loop.create_task(pending.run())``) — ONE task for the rest of the request
   phase — and treat its result (None or LocalReply) as above.  Hold the
-  request body meanwhile (stop reading the client).  Only filters that
-  return an awaitable take this path: built-ins answered from memory never do.
+  request body meanwhile (buffer it, pause reading over the high-water mark).
+  If the client goes away first, cancel the task, or ``pending.close()`` one
+  never started.  Only filters that return an awaitable take this path:
+  built-ins answered from memory never do.
 
 A hook returning ``STOP`` ends the request phase there: the filters after it
 do not run and the request goes on as with ``None``.  A hook that raises
