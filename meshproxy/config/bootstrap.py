@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from meshproxy.config.base import Model
 from meshproxy.config.observability import Observability
+from meshproxy.config.security import Security
 from meshproxy.config.snapshot import Snapshot
 from meshproxy.config.types import Duration, HostPort
 
@@ -81,4 +82,5 @@ class Bootstrap(Model):
     limits: Limits = Limits()
     drain_timeout: Duration = 30.0
     snapshot: Snapshot = Snapshot()
+    security: Security = Security()
     observability: Observability = Observability()

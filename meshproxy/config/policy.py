@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from meshproxy.config.base import Model
 from meshproxy.config.filters import RedisTarget
+from meshproxy.config.security import ServiceTLS
 from meshproxy.config.types import Duration
 
 
@@ -179,3 +180,4 @@ class Policy(Model):
     circuit_breakers: CircuitBreakers = CircuitBreakers()
     endpoint_breaker: EndpointBreaker | None = None
     rate_limits: list[RateLimit] = []
+    tls: ServiceTLS = ServiceTLS()
