@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from control.api.auth import AuthError, Tokens
+from control.api.certs import install_ca
 from control.api.models import ErrorBody, Problem
 from control.api.openapi import OPENAPI_PATH, openapi_document
 from control.api.routes import OPERATIONS, BadRequest, Handler, Operation
@@ -184,6 +185,7 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     app[CONTROL] = cp
     app[TOKENS] = Tokens(settings.admin_token, settings.read_token or None)
     app[OPENAPI_KEY] = openapi_document()
+    install_ca(app, settings.data_dir)
     for op in OPERATIONS:
         app.router.add_route(op.method, op.path, _wrap(op))
     app.router.add_get(OPENAPI_PATH, _openapi)

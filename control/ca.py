@@ -29,6 +29,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,7 @@ def _seconds(value: object) -> object:
 Duration = Annotated[float, BeforeValidator(_seconds)]
 
 
-class CAError(Exception):
+class CAError(ValueError):
     """A CA that cannot start or a request it refuses; the message says why."""
 
 
@@ -188,7 +189,9 @@ def _ca_cert(
 
 def new_signer(trust_domain: str, now: float, settings: CASettings) -> Signer:
     """A fresh self-signed root and, if configured, an intermediate under it."""
-    stamp = _time(now).strftime("%Y%m%d%H%M%S")
+    # Unique names: two roots made in the same second must not share a subject,
+    # or chain building could pick the wrong one during an overlap.
+    stamp = f"{_time(now):%Y%m%d%H%M%S}-{secrets.token_hex(4)}"
     root_key = generate_key()
     path_length = 1 if settings.intermediate else 0
     root = Authority(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from control.api import certs
 from control.api import models as m
 from control.api.auth import Principal, Scope
 from control.push import NodeInfo, snapshot_json
@@ -386,4 +387,31 @@ OPERATIONS: list[Operation] = [
         statuses=(409,),
     ),
     Operation("GET", "/healthz", "none", "Liveness", healthz, response=m.Health),
+    Operation(
+        "POST",
+        "/v1/certificates",
+        "none",  # a bootstrap token, checked by the handler against what it may claim
+        "Sign a sidecar's CSR into its SPIFFE certificate (bootstrap token)",
+        certs.issue_certificate,
+        body=certs.CertificateRequest,
+        response=certs.CertificateIssued,
+        statuses=(400, 401, 403, 422),
+    ),
+    Operation(
+        "GET",
+        "/v1/trust-bundle",
+        "none",
+        "The roots a sidecar must trust now",
+        certs.trust_bundle,
+        response=certs.TrustBundle,
+    ),
+    Operation(
+        "POST",
+        "/v1/ca/rotate",
+        "write",
+        "Start a root rotation (the new root signs after the publish delay)",
+        certs.rotate_root,
+        response=certs.RotationStarted,
+        statuses=(409,),
+    ),
 ]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from control.api.certs import install_ca
+from control.app import build_app
 from control.ca import CADirectory, CAError, CASettings, CertificateAuthority, new_signer
+from control.settings import ControlSettings
+from control.store.sqlite import SQLiteStore
 from meshproxy.security.spiffe import SpiffeId
 from meshproxy.security.x509 import CertInfo, build_csr, generate_key, load_certificates
 
@@ -159,3 +166,93 @@ def test_operator_given_root_files_sign_and_are_never_rewritten(tmp_path: Path) 
 def test_durations_in_settings_read_as_text() -> None:
     assert CASettings(cert_ttl="1h").cert_ttl == 3600.0
     assert CASettings().cert_ttl == DAY
+
+
+# -- the CSR endpoint ------------------------------------------------------------
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = ControlSettings(admin_token="admin-secret", data_dir=tmp_path, tick=0.05)
+    app = build_app(settings, SQLiteStore(tmp_path / "m.db"))
+    ca_settings = CASettings(
+        bootstrap_tokens={"tok-reviews": "shop/reviews", "tok-shop": "shop/*"},
+        publish_delay="0s",
+    )
+    install_ca(app, tmp_path, ca_settings)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        yield client
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _ask(
+    api: TestClient[Any, Any], token: str, service: str = "reviews", csr: bytes | None = None
+) -> Any:
+    body = {"csr": (csr or _csr(SpiffeId.of("cluster.local", "shop", service))).decode()}
+    body |= {"namespace": "shop", "service": service}
+    return await api.post("/v1/certificates", json=body, headers=_bearer(token))
+
+
+async def test_a_bootstrap_token_gets_its_identity_signed(api: TestClient[Any, Any]) -> None:
+    response = await _ask(api, "tok-reviews")
+    assert response.status == 200
+    body = await response.json()
+    assert body["spiffe_id"] == "spiffe://cluster.local/ns/shop/sa/reviews"
+    info = CertInfo.of_chain(body["certificate_chain"].encode())
+    assert info.identity == ME and info.serial == body["serial"]
+    assert body["not_after"] - body["not_before"] == pytest.approx(DAY + 60.0)
+    assert len(load_certificates(body["trust_bundle"].encode())) == 1
+
+
+async def test_no_or_unknown_bootstrap_token_is_401_and_another_identity_403(
+    api: TestClient[Any, Any],
+) -> None:
+    assert (await api.post("/v1/certificates", json={})).status == 401
+    assert (await _ask(api, "admin-secret")).status == 401
+    refused = await _ask(api, "tok-reviews", service="payments")
+    assert refused.status == 403
+    assert "payments" in (await refused.json())["error"]
+    assert (await _ask(api, "tok-shop", service="payments")).status == 200
+
+
+async def test_a_bad_csr_is_422_naming_the_field_and_a_non_json_body_400(
+    api: TestClient[Any, Any],
+) -> None:
+    wrong = await _ask(
+        api, "tok-shop", service="reviews", csr=_csr(SpiffeId.of("cluster.local", "shop", "x"))
+    )
+    assert wrong.status == 422
+    assert (await wrong.json())["problems"][0]["field"] == "csr"
+    garbled = await _ask(api, "tok-shop", csr=b"not a csr")
+    assert garbled.status == 422
+    text = await api.post("/v1/certificates", data=b"{", headers=_bearer("tok-shop"))
+    assert text.status == 400
+
+
+async def test_a_root_rotation_shows_in_the_trust_bundle_and_needs_the_write_token(
+    api: TestClient[Any, Any],
+) -> None:
+    before = await (await api.get("/v1/trust-bundle")).json()
+    assert before["roots"] == 1
+    assert (await api.post("/v1/ca/rotate")).status == 401
+    started = await api.post("/v1/ca/rotate", headers=_bearer("admin-secret"))
+    assert started.status == 200
+    after = await (await api.get("/v1/trust-bundle")).json()
+    assert after["roots"] == 2  # the new root signs now (no publish delay), the old overlaps
+    issued = await (await _ask(api, "tok-reviews")).json()
+    leaf = load_certificates(issued["certificate_chain"].encode())[0]
+    roots = load_certificates(after["trust_bundle"].encode())
+    assert leaf.issuer == roots[0].subject != roots[1].subject
+
+
+async def test_the_ca_endpoints_are_in_the_openapi_document(api: TestClient[Any, Any]) -> None:
+    doc = await (await api.get("/openapi.json")).json()
+    post = doc["paths"]["/v1/certificates"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "CertificateRequest"
+    )
+    assert {"401", "403", "422"} <= set(post["responses"])
+    assert "/v1/trust-bundle" in doc["paths"] and "/v1/ca/rotate" in doc["paths"]
