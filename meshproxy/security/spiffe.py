@@ -5,7 +5,8 @@ Python's ``ssl`` verifies the chain and the validity dates but not URI SANs, so
 after the handshake ``peer_identity`` reads the SAN from ``getpeercert()`` and
 ``SpiffeId.parse`` checks it against the SPIFFE spec (lower-case trust domain,
 non-empty path segments of ``[A-Za-z0-9._-]``, no ``.``/``..``).  The peer's
-``SpiffeId`` is the principal that access policies and rate-limit keys use.
+URI (``str(peer)``) is the principal that access policies (``policy.authz``
+matches it) and rate-limit keys use.
 
 Shared with the control plane's CA (``control.ca`` imports it), so both sides
 build and parse identities with one set of rules.  No sockets, no clocks.
@@ -75,11 +76,6 @@ class SpiffeId:
     def uri(self) -> str:
         return f"{SCHEME}{self.trust_domain}/ns/{self.namespace}/sa/{self.service}"
 
-    @property
-    def principal(self) -> str:
-        """Istio's spelling: the URI without its scheme (``td/ns/x/sa/y``)."""
-        return self.uri[len(SCHEME) :]
-
     def __str__(self) -> str:
         return self.uri
 
@@ -101,16 +97,3 @@ def peer_identity(peercert: dict[str, Any] | None) -> SpiffeId:
         raise IdentityError(f"the peer certificate has {len(uris)} URI SANs; an SVID has one")
     return SpiffeId.parse(uris[0])
 
-
-def principal_matches(pattern: str, peer: SpiffeId) -> bool:
-    """Istio's principal match: exact, ``*``, ``prefix*`` or ``*suffix``, on the
-    ID with or without its ``spiffe://`` scheme."""
-    text = pattern.removeprefix(SCHEME)
-    principal = peer.principal
-    if text == "*":
-        return True
-    if text.endswith("*"):
-        return principal.startswith(text[:-1])
-    if text.startswith("*"):
-        return principal.endswith(text[1:])
-    return principal == text

@@ -25,7 +25,7 @@ async def test_two_workloads_talk_over_mtls_and_each_sees_the_others_identity(pk
     try:
         client = await dial(server.port, pki.contexts("reviews"), pki.identity("ratings"))
         answer = await client.ask("hello")
-        assert answer.startswith("cluster.local/ns/default/sa/reviews ")
+        assert answer.startswith("spiffe://cluster.local/ns/default/sa/reviews ")
         assert answer.endswith(" hello")
         ssl_object = client.transport.get_extra_info("ssl_object") if client.transport else None
         assert ssl_object is not None
@@ -41,7 +41,7 @@ async def test_an_intermediate_signed_chain_is_accepted() -> None:
     server = await start_echo(pki.contexts("ratings"))
     try:
         client = await dial(server.port, pki.contexts("reviews"), pki.identity("ratings"))
-        assert (await client.ask("x")).startswith("cluster.local/ns/default/sa/reviews")
+        assert (await client.ask("x")).startswith("spiffe://cluster.local/ns/default/sa/reviews")
         client.close()
     finally:
         await server.close()
@@ -128,7 +128,7 @@ async def test_permissive_takes_plaintext_without_identity_and_mtls_with_it(pki:
             assert await reader.readline() == b"- plain plain\n"
         writer.close()
         client = await dial(server.port, pki.contexts("reviews"), pki.identity("ratings"))
-        assert (await client.ask("tls")).startswith("cluster.local/ns/default/sa/reviews ")
+        assert (await client.ask("tls")).startswith("spiffe://cluster.local/ns/default/sa/reviews ")
         client.close()
     finally:
         await server.close()

@@ -17,7 +17,7 @@ TRUST_DOMAIN = "cluster.local"
 
 
 class Echo(asyncio.Protocol):
-    """Answers each line with ``<peer principal or -> <serial> <line>``."""
+    """Answers each line with ``<peer URI or -> <serial> <line>``."""
 
     def __init__(self, peer: SpiffeId | None, serial: Callable[[], str]) -> None:
         self.peer = peer
@@ -37,7 +37,7 @@ class Echo(asyncio.Protocol):
         self.buffer += data
         while b"\n" in self.buffer:
             line, _, self.buffer = self.buffer.partition(b"\n")
-            who = self.peer.principal if self.peer else "-"
+            who = self.peer.uri if self.peer else "-"
             self.transport.write(f"{who} {self.served} ".encode() + line + b"\n")
 
 
@@ -108,3 +108,43 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the condition did not become true within 5 s")
+
+
+class Load:
+    """Steady load: ``workers`` loops, each making one request per new mTLS
+    connection (taking the client contexts current at that moment)."""
+
+    def __init__(self, port: int, client: Callable[[], TLSContexts], expected: SpiffeId) -> None:
+        self.port = port
+        self.client = client
+        self.expected = expected
+        self.ok = 0
+        self.failures: list[str] = []
+        self.served: set[str] = set()
+        self.stopping = False
+
+    async def _worker(self, n: int) -> None:
+        i = 0
+        while not self.stopping:
+            i += 1
+            try:
+                conn = await dial(self.port, self.client(), self.expected)
+                try:
+                    answer = await conn.ask(f"w{n}-{i}")
+                finally:
+                    conn.close()
+                if not answer.endswith(f" w{n}-{i}"):
+                    raise AssertionError(f"wrong answer {answer!r}")
+                self.served.add(answer.split(" ")[1])
+                self.ok += 1
+            except Exception as exc:
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(0)
+
+    async def run(self, workers: int = 2) -> None:
+        await asyncio.gather(*(self._worker(n) for n in range(workers)))
+
+    async def reach(self, more: int) -> None:
+        """Wait until ``more`` further requests succeeded."""
+        target = self.ok + more
+        await wait_for(lambda: self.ok >= target or bool(self.failures))
