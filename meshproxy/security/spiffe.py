@@ -96,4 +96,3 @@ def peer_identity(peercert: dict[str, Any] | None) -> SpiffeId:
     if len(uris) > 1:
         raise IdentityError(f"the peer certificate has {len(uris)} URI SANs; an SVID has one")
     return SpiffeId.parse(uris[0])
-
