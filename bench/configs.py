@@ -148,6 +148,45 @@ def meshproxy_bootstrap(
     }
 
 
+ROUTING_KINDS = ("split", "round_robin", "least_request")
+
+
+def routing_bootstrap(origin_ports: tuple[int, ...], kind: str) -> dict[str, Any]:
+    """The default config plus one routing feature and nothing else: ``split``
+    (v1/v2 on the first two origin ports, 90/10), or the named load balancer
+    over three endpoints (the first three origin ports)."""
+    if kind not in ROUTING_KINDS:
+        raise ValueError(f"unknown routing kind {kind!r}")
+    boot = meshproxy_bootstrap(origin_ports)
+    snapshot = boot["snapshot"]
+    if kind == "split":
+        v1, v2 = origin_ports[0], origin_ports[1]
+        snapshot["services"][SERVICE] = {"endpoints": [_endpoint(v1, "v1"), _endpoint(v2, "v2")]}
+        snapshot["routes"] = [
+            {
+                "service": SERVICE,
+                "rules": [
+                    {"backends": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}
+                ],
+            }
+        ]
+        snapshot["policies"] = [
+            {
+                "service": SERVICE,
+                "subsets": {
+                    "v1": {"labels": {"version": "v1"}},
+                    "v2": {"labels": {"version": "v2"}},
+                },
+            }
+        ]
+        return boot
+    snapshot["services"][SERVICE] = {
+        "endpoints": [_endpoint(port, None) for port in origin_ports[:3]]
+    }
+    snapshot["policies"] = [{"service": SERVICE, "load_balancer": {"policy": kind}}]
+    return boot
+
+
 def _endpoint(port: int, version: str | None) -> dict[str, Any]:
     endpoint: dict[str, Any] = {"address": "127.0.0.1", "port": port}
     if version is not None:

@@ -40,7 +40,17 @@ from bench.targets import (
 )
 from bench.wrk import WrkError, WrkResult, run_wrk, wrk_command
 
-TARGETS = ["direct", "haproxy", "nginx", "aiohttp", "meshproxy", "meshproxy-policy"]
+TARGETS = [
+    "direct",
+    "haproxy",
+    "nginx",
+    "aiohttp",
+    "meshproxy",
+    "meshproxy-split",
+    "meshproxy-rr3",
+    "meshproxy-lr3",
+    "meshproxy-policy",
+]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
@@ -78,12 +88,20 @@ def _starters(run: Run, origin: Target) -> dict[str, Callable[[], Target]]:
             run, name, configs.meshproxy_bootstrap(run.origin_ports, chain), note
         )[0]
 
+    def routed(name: str, kind: str, note: str) -> Callable[[], Target]:
+        return lambda: start_meshproxy(
+            run, name, configs.routing_bootstrap(run.origin_ports, kind), note
+        )[0]
+
     return {
         "direct": lambda: start_direct(run, origin),
         "haproxy": lambda: start_haproxy(run),
         "nginx": lambda: start_nginx(run),
         "aiohttp": lambda: start_aiohttp(run),
         "meshproxy": mesh("meshproxy", None, "default config"),
+        "meshproxy-split": routed("meshproxy-split", "split", "90/10 split route"),
+        "meshproxy-rr3": routed("meshproxy-rr3", "round_robin", "round robin, 3 origins"),
+        "meshproxy-lr3": routed("meshproxy-lr3", "least_request", "least request, 3 origins"),
         "meshproxy-policy": mesh(
             "meshproxy-policy", configs.PolicyChain(), "rate limit + authz + 90/10 split"
         ),

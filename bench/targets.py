@@ -47,26 +47,27 @@ class Run:
 
     group: ProcessGroup
     workdir: Path
-    origin_ports: tuple[int, int]
+    origin_ports: tuple[int, ...]
 
 
-def start_origin(group: ProcessGroup, workdir: Path, kind: str) -> tuple[Target, tuple[int, int]]:
-    """The origin on two ports in one process (one nginx worker, or one uvloop
+def start_origin(group: ProcessGroup, workdir: Path, kind: str) -> tuple[Target, tuple[int, ...]]:
+    """The origin on three ports in one process (one nginx worker, or one uvloop
     process): the first port serves every target, the second is the v2 subset
-    of the split."""
+    of the split, the three together the endpoints of the balancer targets."""
     if kind == "nginx":
-        ports = (free_port(), free_port())
+        ports = (free_port(), free_port(), free_port())
         prefix = workdir / "nginx-origin"
         proc = _start_nginx(group, prefix, configs.nginx_origin_conf(str(prefix), ports))
         for port in ports:
             wait_port(port, proc)
         return Target("origin", ports[0], proc.pid, "nginx"), ports
     log = workdir / "origin.log"
-    proc = group.start([sys.executable, "-m", "bench.origin", "--ports", "2"], log, _pythonpath())
-    found = wait_log(log, re.compile(r"listening port=(\d+) subset=v2"), proc)
-    v2 = int(found[0].group(1))
-    v1 = int(re.findall(r"listening port=(\d+) subset=v1", log.read_text())[0])
-    return Target("origin", v1, proc.pid, "uvloop"), (v1, v2)
+    proc = group.start([sys.executable, "-m", "bench.origin", "--ports", "3"], log, _pythonpath())
+    wait_log(log, re.compile(r"listening port=(\d+) subset=v3"), proc)
+    found = dict(re.findall(r"listening port=(\d+) subset=(v\d)", log.read_text()))
+    by_subset = {subset: int(port) for port, subset in found.items()}
+    ports = (by_subset["v1"], by_subset["v2"], by_subset["v3"])
+    return Target("origin", ports[0], proc.pid, "uvloop"), ports
 
 
 def start_direct(run: Run, origin: Target) -> Target:
