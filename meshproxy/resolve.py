@@ -163,6 +163,7 @@ class Resolver:
     __slots__ = (
         "_budgets",
         "_by_host",
+        "_fixed",
         "_local",
         "_routes",
         "_services",
@@ -201,6 +202,15 @@ class Resolver:
             name.lower().encode(): name for name in snapshot.services
         }
         self._routes: dict[Decision, Route] = {}
+        # Hosts of services without a route table: their default rule answers
+        # every request the same way, so the route is found by the Host alone.
+        routed = {table.service for table in snapshot.routes}
+        self._fixed: dict[bytes, Route] = {}
+        for host_name, name in self._by_host.items():
+            if name not in routed:
+                decision = self.routes.select(name, None, b"GET", b"/", [])
+                if decision is not None:
+                    self._fixed[host_name] = self._route_for(decision)
         self._local: dict[str, Route] = {}
         for listener in listeners:
             if listener.local_app:
@@ -249,6 +259,9 @@ class Resolver:
             return local
         if not authority:
             return NO_HOST
+        fixed = self._fixed.get(authority)
+        if fixed is not None:
+            return fixed
         service = self._service_for(authority)
         if service is None:
             return UNKNOWN_SERVICE

@@ -11,6 +11,7 @@ observer used when none is given: it only counts requests in ``metrics``.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Protocol
 
 from meshproxy.config import Listener
@@ -95,6 +96,7 @@ class ListenerContext:
         "resolver",
         "source_service",
         "upstream_idle",
+        "wall_offset",
     )
 
     def __init__(
@@ -127,6 +129,8 @@ class ListenerContext:
         self.pool: IdlePool[UpstreamConnection] = IdlePool()
         self.connections: set[Closable] = set()
         self.draining = False
+        # Epoch seconds = loop time + this: one clock read per exchange, not two.
+        self.wall_offset = time.time() - loop.time()
         # Endpoints that answered in HTTP/1.0: they never send 100 Continue.
         self.http10_endpoints: set[tuple[str, int]] = set()
 

@@ -197,7 +197,15 @@ class Forwarder(asyncio.Protocol):
             return
         self.endpoint = None
         cluster = route.cluster
-        if outcome is not None:
+        if outcome is not None and (
+            type(outcome) is not int
+            or outcome >= 500
+            or endpoint.consecutive_5xx
+            or endpoint.consecutive_gateway
+            or endpoint.breaker is not None
+        ):
+            # A success on an endpoint with clean counters and no breaker
+            # changes nothing: the common case skips the call.
             cluster.on_result(endpoint, outcome, self.ctx.loop.time())
         cluster.request_finished(endpoint)
         cluster.breakers.release_request()

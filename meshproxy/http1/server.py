@@ -237,7 +237,7 @@ class HttpServer(Forwarder):
         now = ctx.loop.time()
         ex = Exchange(ctx.name, ctx.direction, ctx.source_service)
         ex.start = now
-        ex.start_wall = time.time()
+        ex.start_wall = now + ctx.wall_offset
         ex.method = head.method
         ex.authority = host or b""
         ex.path = path
