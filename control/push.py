@@ -44,8 +44,8 @@ class NodeInfo:
 
 def visible_services(node: NodeInfo, state: DesiredState, all_services: Iterable[str]) -> set[str]:
     """The services whose outbound config ``node`` needs: its own, its declared
-    upstreams, and whatever their route tables send traffic to (a backend may
-    name another service), followed transitively."""
+    upstreams, and whatever their route tables send traffic to (a backend or
+    a mirror may name another service), followed transitively."""
     wanted = set(all_services) if node.upstreams is None else set(node.upstreams)
     wanted.add(node.service)
     pending = list(wanted)
@@ -54,10 +54,13 @@ def visible_services(node: NodeInfo, state: DesiredState, all_services: Iterable
         if table is None:
             continue
         for rule in table.rules:
-            for backend in rule.backends:
-                if backend.service is not None and backend.service not in wanted:
-                    wanted.add(backend.service)
-                    pending.append(backend.service)
+            named = [b.service for b in rule.backends]
+            if rule.mirror is not None:
+                named.append(rule.mirror.service)
+            for service in named:
+                if service is not None and service not in wanted:
+                    wanted.add(service)
+                    pending.append(service)
     return wanted
 
 

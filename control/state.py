@@ -1,22 +1,27 @@
 """The desired mesh state (route tables, service policies, access policies) and
 the check of a whole state before it is committed.
 
-Plain data and pure functions: no store, no clock, no sockets.  The models are
-the sidecar's own (``meshproxy.config``), so what the API accepts is exactly
-what a sidecar will accept.
+Plain data and pure functions: no store, no clock, no sockets.  The models and
+the cross-resource check are the sidecar's own (``meshproxy.config`` and the
+routing room's compile), so what the API accepts is what a sidecar accepts;
+no rule of the mesh is written a second time here.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from meshproxy.config.access import Access
-from meshproxy.config.policy import Endpoint, Policy
+from meshproxy.config.load import ConfigError
+from meshproxy.config.policy import Endpoint, Policy, Service
 from meshproxy.config.routes import RouteTable
+from meshproxy.config.snapshot import Snapshot
+from meshproxy.routing import CompiledRoutes
 
 Kind = Literal["routes", "policies", "access"]
 KINDS: tuple[Kind, ...] = ("routes", "policies", "access")
@@ -105,33 +110,44 @@ def pydantic_problems(exc: ValidationError, prefix: str = "") -> list[tuple[str,
     return problems
 
 
+def candidate_snapshot(state: DesiredState, known_services: set[str]) -> Snapshot:
+    """Every resource of ``state`` as one snapshot, routes and policies in the
+    order of their service names, with each service named by the state or the
+    registry (no endpoints: what is checked does not depend on them)."""
+    names = sorted(state.services() | known_services)
+    return Snapshot(
+        services={n: Service() for n in names},
+        routes=[state.routes[n] for n in sorted(state.routes)],
+        policies=[state.policies[n] for n in sorted(state.policies)],
+        access=[state.access[n] for n in sorted(state.access)],
+    )
+
+
 def check_state(state: DesiredState, known_services: set[str]) -> None:
     """Refuse a state whose resources do not fit together, naming the field.
 
-    Cross-resource rules only; each resource was validated on its own already.
-    ``known_services`` are services that exist outside the desired state (the
-    registry), so a backend may name them.
+    The sidecar's own route compiler decides (every backend and mirror names a
+    known service and subset, no host routed twice), so the API refuses exactly
+    what a sidecar holding the whole mesh would.  ``known_services`` are the
+    services that exist outside the desired state (the registry).
     """
-    problems: list[tuple[str, str]] = []
-    services = state.services() | known_services
-    for name, table in sorted(state.routes.items()):
-        for r, rule in enumerate(table.rules):
-            for b, backend in enumerate(rule.backends):
-                where = f"routes.{name}.rules.{r}.backends.{b}"
-                target = backend.service or table.service
-                if backend.service is not None and backend.service not in services:
-                    problems.append((f"{where}.service", f"unknown service {target!r}"))
-                    continue
-                if backend.subset is None:
-                    continue
-                policy = state.policies.get(target)
-                if policy is None or backend.subset not in policy.subsets:
-                    problems.append(
-                        (
-                            f"{where}.subset",
-                            f"unknown subset {backend.subset!r}: the policy of service "
-                            f"{target!r} does not define it",
-                        )
-                    )
-    if problems:
-        raise StateError(problems)
+    try:
+        CompiledRoutes.from_snapshot(candidate_snapshot(state, known_services), where=_WHERE)
+    except ConfigError as exc:
+        names = sorted(state.routes)
+        raise StateError([_api_problem(w, m, names) for w, m in exc.problems]) from None
+
+
+_WHERE = "snapshot"
+_ROUTES_AT = re.compile(r"\broutes\.(\d+)")
+
+
+def _api_problem(where: str, message: str, names: list[str]) -> tuple[str, str]:
+    """``snapshot.routes.N.x`` -> ``routes.<service>.x``, in the message too."""
+
+    def by_name(found: re.Match[str]) -> str:
+        index = int(found.group(1))
+        return f"routes.{names[index]}" if index < len(names) else found.group(0)
+
+    where = where.removeprefix(f"{_WHERE}.")
+    return _ROUTES_AT.sub(by_name, where), _ROUTES_AT.sub(by_name, message)

@@ -24,6 +24,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from control.state import Kind, parse_resource
+from control.store.base import Change
+from control.store.sqlite import SQLiteStore
 from tests.integration.client import Conn, get
 from tests.integration.proxyproc import ProxyProcess, write_config
 
@@ -44,8 +47,9 @@ class ControlProcess:
         self.log_path = data_dir / f"meshcontrol-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.port = 0
 
-    async def start(self, within: float = 20.0) -> ControlProcess:
+    async def start(self, within: float = 20.0, port: int = 0) -> ControlProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = {
             **os.environ,
@@ -53,9 +57,10 @@ class ControlProcess:
             "MESHCONTROL_ADMIN_TOKEN": ADMIN_TOKEN,
             "MESHCONTROL_READ_TOKEN": READ_TOKEN,
         }
+        start = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as err:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - starting it does not block
-                [sys.executable, "-m", "control", "run", "--port", "0"],
+                [sys.executable, "-m", "control", "run", "--port", str(port)],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -63,10 +68,11 @@ class ControlProcess:
             )
         async with asyncio.timeout(within):
             while True:
-                text = self.log_path.read_text(errors="replace")
+                text = self.log_path.read_text(errors="replace")[start:]
                 found = re.search(r"listening address=\S+ port=(\d+)", text)
                 if found:
-                    self.url = f"http://127.0.0.1:{found.group(1)}"
+                    self.port = int(found.group(1))
+                    self.url = f"http://127.0.0.1:{self.port}"
                     return self
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"meshcontrol exited {self.proc.returncode}:\n{text}")
@@ -293,20 +299,41 @@ async def test_a_snapshot_the_sidecar_refuses_shows_as_a_nack_with_its_reason(
 ) -> None:
     await register(http, control.url, "ratings", 9)
     good = await put(http, control.url, "policies/ratings", {"subsets": {"v1": {"labels": {}}}})
-    await start_sidecar(tmp_path, sidecars, sidecar_config(control.url, "reviews-nack"))
+    proxy = await start_sidecar(tmp_path, sidecars, sidecar_config(control.url, "reviews-nack"))
     await acked_by(http, control.url, ["reviews-nack"], good)
-    # The API checks backends against subsets but not mirrors; the sidecar's
-    # route compiler does, so this write is accepted upstream and refused here.
+    # An upgrade over a store that an older release wrote: that release did
+    # not check mirror targets, so its last commit routes a mirror to a subset
+    # no policy defines.  The store is the truth, the new release serves it,
+    # and the sidecar's route compiler refuses it.
+    await control.stop()
     route = {"rules": [{"backends": [{"subset": "v1"}], "mirror": {"subset": "v9"}}]}
-    refused = await put(http, control.url, "routes/ratings", route)
+    refused = commit_unchecked(control.data_dir, "routes", "ratings", route)
+    await control.start(port=control.port)
 
     async def nacked() -> bool:
-        return (await proxies(http, control.url))["reviews-nack"]["error_version"] == refused
+        seen = (await proxies(http, control.url)).get("reviews-nack", {})
+        return bool(seen.get("error_version") == refused)
 
-    await until(nacked, within=10)
+    await until(nacked, within=30, pause=0.05)
     seen = (await proxies(http, control.url))["reviews-nack"]
-    assert seen["acked_version"] == good
+    assert seen["acked_version"] is None  # nothing newer than what it runs was accepted
     assert "mirror" in seen["last_error"] and "v9" in seen["last_error"]
+    log = proxy.log_path.read_text(errors="replace")
+    assert f"snapshot refused version={refused}" in log
+    assert f"snapshot applied version={refused}" not in log
+
+
+def commit_unchecked(data_dir: Path, kind: Kind, name: str, body: object) -> int:
+    """Commit to a stopped control plane's SQLite store without the whole-state
+    check, as a release without that check did; returns the new version."""
+    store = SQLiteStore(data_dir / "meshcontrol.db")
+    try:
+        loaded = store.load()
+        state = loaded.state.with_resource(kind, name, parse_resource(kind, name, body))
+        change = Change("older-release", "put", f"{kind}/{name}", f"{kind} of {name}", state)
+        return store.commit(loaded.version, change, time.time())
+    finally:
+        store.close()
 
 
 async def _ready_status(http: aiohttp.ClientSession, proxy: ProxyProcess) -> int:

@@ -3,6 +3,7 @@ from itertools import count
 from control.push import NodeInfo, PushBook, build_snapshot, visible_services
 from control.state import DesiredState, parse_resource
 from meshproxy.config.policy import Endpoint
+from meshproxy.routing import CompiledRoutes
 
 
 def _mesh() -> tuple[DesiredState, dict[str, list[Endpoint]]]:
@@ -47,6 +48,16 @@ def test_no_upstream_declaration_means_every_service() -> None:
     names = visible_services(NodeInfo("x", "reviews", None), state, endpoints)
     assert names == {"reviews", "ratings", "details", "ratings-next"}
     assert visible_services(NodeInfo("x", "reviews", ()), state, endpoints) == {"reviews"}
+
+
+def test_a_mirror_target_is_part_of_the_view_so_the_scoped_snapshot_compiles() -> None:
+    state, endpoints = _mesh()
+    table = {"rules": [{"mirror": {"service": "details", "percent": 10}}]}
+    state = state.with_resource("routes", "ratings", parse_resource("routes", "ratings", table))
+    node = NodeInfo("reviews-1", "reviews", ("ratings",))
+    snap = build_snapshot(node, state, endpoints, version=3)
+    assert set(snap.services) == {"reviews", "ratings", "details"}
+    CompiledRoutes.from_snapshot(snap)
 
 
 def test_first_poll_is_answered_at_once_and_the_same_index_then_waits() -> None:
