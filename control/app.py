@@ -21,7 +21,9 @@ from control.api.auth import AuthError, Tokens
 from control.api.certs import install_ca
 from control.api.models import ErrorBody, Problem
 from control.api.openapi import OPENAPI_PATH, openapi_document
-from control.api.routes import OPERATIONS, BadRequest, Handler, Operation
+from control.api.operation import BadRequest, Handler, Operation
+from control.api.rollouts import install_rollouts
+from control.api.routes import OPERATIONS
 from control.registry.consul import CatalogRegistry, CatalogWatcher
 from control.registry.local import Instance
 from control.service import ControlPlane, NotFound
@@ -216,4 +218,5 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
 
     app.on_shutdown.append(release_watches)
     app.cleanup_ctx.append(lifecycle)
+    install_rollouts(app, cp, settings.tick)
     return app

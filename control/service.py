@@ -162,14 +162,17 @@ class ControlPlane:
     def _check(self, state: DesiredState) -> None:
         check_state(state, self.registry.services())
 
-    async def put_resource(self, kind: Kind, name: str, body: object, actor: str) -> int:
+    async def put_resource(
+        self, kind: Kind, name: str, body: object, actor: str, reason: str | None = None
+    ) -> int:
         check_name(name)
         resource = parse_resource(kind, name, body)
         async with self._lock:
             state = self.state.with_resource(kind, name, resource)
             self._check(state)
             verb = "replaced" if name in self.state.of(kind) else "created"
-            change = Change(actor, "put", f"{kind}/{name}", f"{kind} of {name} {verb}", state)
+            summary = f"{kind} of {name} {verb}" + (f": {reason}" if reason else "")
+            change = Change(actor, "put", f"{kind}/{name}", summary, state)
             return await self._commit(change)
 
     async def delete_resource(self, kind: Kind, name: str, actor: str) -> int:

@@ -11,7 +11,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from control.api.models import ErrorBody
-from control.api.routes import OPERATIONS, Operation
+from control.api.operation import Operation
+from control.api.routes import OPERATIONS
 
 OPENAPI_PATH = "/openapi.json"
 _REF = "#/components/schemas/{model}"

@@ -10,78 +10,29 @@ wrapper in ``app.py`` turns errors into statuses (400 bad JSON, 401/403 auth,
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from control.api import certs
+from control.api import certs, rollouts
 from control.api import models as m
-from control.api.auth import Principal, Scope
+from control.api.auth import Principal
+from control.api.operation import (
+    Operation,
+    json_body,
+    parse_body,
+    parse_query,
+    path_int,
+    reply,
+)
 from control.push import NodeInfo, snapshot_json
 from control.registry.local import InstanceSpec
 from control.service import ControlPlane, check_name
-from control.state import KINDS, MODELS, Kind, StateError, dump, pydantic_problems
+from control.state import KINDS, MODELS, Kind, dump
 from meshproxy.config.types import Duration
 
-Handler = Callable[[web.Request, ControlPlane, Principal], Awaitable[web.StreamResponse]]
-B = TypeVar("B", bound=BaseModel)
-
 MAX_WAIT = 300.0
-
-
-class BadRequest(Exception):
-    """The request is not even JSON (400), as opposed to invalid JSON (422)."""
-
-
-@dataclass(frozen=True)
-class Operation:
-    method: str
-    path: str
-    scope: Scope
-    summary: str
-    handler: Handler
-    body: type[BaseModel] | None = None
-    response: type[BaseModel] | None = None
-    query: type[BaseModel] | None = None
-    statuses: tuple[int, ...] = ()  # answers besides 200 and the auth/validation ones
-
-
-async def json_body(request: web.Request) -> object:
-    try:
-        text = await request.text()
-        return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not JSON: {exc}") from None
-
-
-async def parse_body(request: web.Request, model: type[B]) -> B:
-    data = await json_body(request)
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise StateError(pydantic_problems(exc)) from None
-
-
-def parse_query(request: web.Request, model: type[B]) -> B:
-    try:
-        return model.model_validate(dict(request.query))
-    except ValidationError as exc:
-        raise StateError(pydantic_problems(exc, "query.")) from None
-
-
-def reply(model: BaseModel, status: int = 200) -> web.Response:
-    return web.json_response(model.model_dump(mode="json"), status=status)
-
-
-def path_int(request: web.Request, name: str) -> int:
-    text = request.match_info[name]
-    if not text.isdigit() or len(text) > 18:
-        raise StateError([(name, "expected a non-negative integer")])
-    return int(text)
 
 
 class _Query(BaseModel):
@@ -414,4 +365,5 @@ OPERATIONS: list[Operation] = [
         response=certs.RotationStarted,
         statuses=(409,),
     ),
+    *rollouts.OPERATIONS,
 ]
