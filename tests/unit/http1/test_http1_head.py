@@ -207,3 +207,38 @@ def test_cached_hop_by_hop_names_follow_the_parser_rule() -> None:
         b"host", b"content-length", b"x-forwarded-for", b"accept", b"cookie",
     ]  # fmt: skip
     assert {n for n in names if fp.is_hop_by_hop(n, ())} == FIXED_HOP_BY_HOP
+
+
+def test_mirror_host_gets_the_shadow_suffix_before_the_port() -> None:
+    from meshproxy.http1.head import shadow_host
+
+    assert shadow_host(b"ratings") == b"ratings-shadow"
+    assert shadow_host(b"ratings:8080") == b"ratings-shadow:8080"
+
+
+def test_given_request_id_is_used_on_both_ways_of_building_a_head() -> None:
+    raw = b"GET /a HTTP/1.1\r\nHost: web\r\n\r\n"
+    head = request(raw)
+    fast = build_request_head(head, b"/a", b"10.0.0.1", None, raw, b"rid-1")
+    slow = build_request_head(head, b"/a", b"10.0.0.1", None, None, b"rid-1")
+    assert b"X-Request-Id: rid-1" in lines(fast)
+    assert b"X-Request-Id: rid-1" in lines(slow)
+
+
+def test_header_list_and_authority_override_the_clients() -> None:
+    raw = b"GET /a HTTP/1.1\r\nHost: web\r\nX-Old: 1\r\n\r\n"
+    head = request(raw)
+    out = build_request_head(
+        head, b"/v2/a", b"10.0.0.1", b"internal", raw, b"r", [(b"Host", b"web"), (b"X-New", b"2")]
+    )
+    got = lines(out)
+    assert got[0] == b"GET /v2/a HTTP/1.1"
+    assert b"Host: internal" in got and b"X-New: 2" in got
+    assert not any(line.startswith(b"X-Old") for line in got)
+
+
+def test_response_header_list_forces_a_rebuilt_head() -> None:
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n"
+    head = response(raw)
+    out = build_response_head(head, raw, False, False, None, False, [(b"X-B", b"2")])
+    assert lines(bytes(out)) == [b"HTTP/1.1 200 OK", b"X-B: 2"]
