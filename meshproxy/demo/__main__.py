@@ -1,10 +1,13 @@
-"""``python -m meshproxy.demo`` (``make demo``): the 90/10 canary split, seen live.
+"""``python -m meshproxy.demo`` (``make demo``): a canary moved by the control plane, live.
 
-Starts ratings v1 and v2 (in this process), one sidecar routing ``Host:
-ratings`` 90/10 over them, sends traffic through the sidecar's outbound port,
-prints the split it observed and the URLs to try, then keeps everything
-running until Ctrl-C (or exits at once with ``--once``).  It only drives the
-sidecar from outside, like any application would.
+Starts ratings v1 and v2 (in this process), a control plane on SQLite and
+sidecars in dynamic mode (``meshproxy.demo.dynamic``); applies a 90/10 canary
+through the API, sends traffic through the client sidecar's outbound port and
+prints the split it observed, then moves the canary to 50/50 and does the same.
+Then it prints the URLs to try and keeps everything running until Ctrl-C (or
+exits at once with ``--once``).  ``--static`` runs the static mode instead:
+one sidecar whose 90/10 route comes from its own config file.  It only drives
+the mesh from outside, like any application or operator would.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import aiohttp
 import uvloop
 import yaml
 
+from meshproxy.demo.dynamic import ControlPlaneError, canary, dynamic_mesh
 from meshproxy.demo.origin import SERVICE, RunningOrigin, start_origin
 from meshproxy.demo.sidecar import (
     ADMIN_PORT,
@@ -118,7 +122,6 @@ try:
 
 async def run(args: argparse.Namespace) -> int:
     origins: list[RunningOrigin] = []
-    sidecar: Sidecar | None = None
     main_task = asyncio.current_task()
     assert main_task is not None
     # Explicit handlers: a shell may start the demo with SIGINT ignored.
@@ -131,37 +134,90 @@ async def run(args: argparse.Namespace) -> int:
             print(f"demo: {SERVICE} v1 on 127.0.0.1:{v1}, v2 on 127.0.0.1:{v2}", flush=True)
             outbound = port_or_any(OUTBOUND_PORT) if args.port is None else args.port
             admin = port_or_any(ADMIN_PORT) if args.admin_port is None else args.admin_port
-            config = Path(tmp) / "demo.yaml"
-            config.write_text(yaml.safe_dump(demo_bootstrap(v1, v2, outbound, admin)))
-            sidecar = await start_sidecar(config)
-            await wait_ready(sidecar.admin_port, sidecar)
-            print(
-                f"demo: sidecar pid {sidecar.process.pid}, outbound 127.0.0.1:"
-                f"{sidecar.outbound_port}, admin 127.0.0.1:{sidecar.admin_port}; "
-                f"route {SERVICE}: 90% v1, 10% v2",
-                flush=True,
-            )
-            traffic = await send_traffic(sidecar.outbound_port, args.requests, args.connections)
-            print(
-                f"demo: {args.requests} requests over {args.connections} keep-alive "
-                f"connections in {traffic.seconds:.2f}s",
-                flush=True,
-            )
-            print(traffic.split_line(), flush=True)
-            print_urls(sidecar)
-            if not args.once:
-                print("\nrunning; Ctrl-C to stop", flush=True)
-                await _until_stopped()
-            return 0 if traffic.answered == args.requests else 1
-        except SidecarError as exc:
+            if args.static:
+                return await run_static(args, Path(tmp), v1, v2, outbound, admin)
+            return await run_dynamic(args, Path(tmp), v1, v2, outbound, admin)
+        except (SidecarError, ControlPlaneError) as exc:
             print(f"demo: {exc}", file=sys.stderr)
             return 1
         finally:
-            if sidecar is not None:
-                await sidecar.stop()
             for origin in origins:
                 await origin.close()
             print("demo: stopped", flush=True)
+
+
+async def run_static(
+    args: argparse.Namespace, tmp: Path, v1: int, v2: int, outbound: int, admin: int
+) -> int:
+    config = tmp / "demo.yaml"
+    config.write_text(yaml.safe_dump(demo_bootstrap(v1, v2, outbound, admin)))
+    sidecar = await start_sidecar(config)
+    try:
+        await wait_ready(sidecar.admin_port, sidecar)
+        print(
+            f"demo: sidecar pid {sidecar.process.pid}, outbound 127.0.0.1:"
+            f"{sidecar.outbound_port}, admin 127.0.0.1:{sidecar.admin_port}; "
+            f"route {SERVICE}: 90% v1, 10% v2",
+            flush=True,
+        )
+        traffic = await measure(args, sidecar)
+        print_urls(sidecar)
+        await _hold(args)
+        return 0 if traffic.answered == args.requests else 1
+    finally:
+        await sidecar.stop()
+
+
+async def run_dynamic(
+    args: argparse.Namespace, tmp: Path, v1: int, v2: int, outbound: int, admin: int
+) -> int:
+    async with dynamic_mesh(tmp, v1, v2, outbound, admin) as mesh:
+        cp = mesh.cp
+        print(f"demo: control plane {cp.url} (SQLite in a temporary directory)", flush=True)
+        for sidecar in mesh.sidecars:
+            await wait_ready(sidecar.admin_port, sidecar)
+        client = mesh.client
+        print(
+            f"demo: sidecars in dynamic mode: ratings v1 and v2 (inbound), {mesh.client_id} "
+            f"(outbound 127.0.0.1:{client.outbound_port}, admin 127.0.0.1:{client.admin_port})",
+            flush=True,
+        )
+        complete = True
+        for step, (w1, w2) in enumerate([(90, 10), (50, 50)], 1):
+            version = await cp.put(f"/v1/routes/{SERVICE}", canary(w1, w2))
+            await cp.acked(mesh.client_id, version)
+            print(
+                f"demo: step {step}: PUT /v1/routes/{SERVICE} {w1}% v1, {w2}% v2 -> "
+                f"version {version}, ACKed by the sidecar",
+                flush=True,
+            )
+            traffic = await measure(args, client)
+            complete = complete and traffic.answered == args.requests
+        print_urls(client)
+        print(
+            f"  curl -H 'Authorization: Bearer {cp.read_token}' {cp.url}/v1/proxies"
+            "   # who runs which version",
+            flush=True,
+        )
+        await _hold(args)
+        return 0 if complete else 1
+
+
+async def measure(args: argparse.Namespace, sidecar: Sidecar) -> Traffic:
+    traffic = await send_traffic(sidecar.outbound_port, args.requests, args.connections)
+    print(
+        f"demo: {args.requests} requests over {args.connections} keep-alive "
+        f"connections in {traffic.seconds:.2f}s",
+        flush=True,
+    )
+    print(traffic.split_line(), flush=True)
+    return traffic
+
+
+async def _hold(args: argparse.Namespace) -> None:
+    if not args.once:
+        print("\nrunning; Ctrl-C to stop", flush=True)
+        await _until_stopped()
 
 
 async def _until_stopped() -> None:
@@ -174,6 +230,11 @@ async def _until_stopped() -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m meshproxy.demo", description=__doc__)
     parser.add_argument("--once", action="store_true", help="send the traffic, print, exit")
+    parser.add_argument(
+        "--static",
+        action="store_true",
+        help="static mode: one sidecar with its route in its config file, no control plane",
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument(

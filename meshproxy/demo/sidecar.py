@@ -28,7 +28,7 @@ from meshproxy.demo.origin import SERVICE
 ADMIN_PORT = 15000
 OUTBOUND_PORT = 15001
 
-_LISTENING = re.compile(rb"\blistening name=outbound\s.*?\bport=(\d+)")
+_LISTENING = re.compile(rb"\blistening name=(\S+)\s.*?\bport=(\d+)")
 _ADMIN = re.compile(rb"\badmin\b.*?\bport=(\d+)")
 
 
@@ -105,10 +105,14 @@ class Sidecar:
     """A running ``meshproxy run`` and the ports it reported on stderr."""
 
     process: asyncio.subprocess.Process
-    outbound_port: int
+    ports: dict[str, int]  # listener name -> bound port
     admin_port: int
     log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=20))
     _drain: asyncio.Task[None] | None = None
+
+    @property
+    def outbound_port(self) -> int:
+        return self.ports["outbound"]
 
     async def stop(self, grace_s: float = 10.0) -> int:
         if self.process.returncode is None:
@@ -126,7 +130,11 @@ class Sidecar:
         return self.process.returncode or 0
 
 
-async def start_sidecar(config_path: Path, timeout_s: float = 20.0) -> Sidecar:
+async def start_sidecar(
+    config_path: Path, timeout_s: float = 20.0, listeners: tuple[str, ...] = ("outbound",)
+) -> Sidecar:
+    """Start ``meshproxy run`` and wait until it reports the admin port and
+    the port of each of ``listeners``."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "meshproxy", "run", "--config", str(config_path),
         stdin=asyncio.subprocess.DEVNULL,
@@ -136,10 +144,11 @@ async def start_sidecar(config_path: Path, timeout_s: float = 20.0) -> Sidecar:
     )  # fmt: skip
     assert process.stderr is not None
     tail: collections.deque[str] = collections.deque(maxlen=20)
-    outbound = admin = None
+    ports: dict[str, int] = {}
+    admin = None
     try:
         async with asyncio.timeout(timeout_s):
-            while outbound is None or admin is None:
+            while admin is None or not all(name in ports for name in listeners):
                 line = await process.stderr.readline()
                 if not line:
                     await process.wait()
@@ -148,7 +157,7 @@ async def start_sidecar(config_path: Path, timeout_s: float = 20.0) -> Sidecar:
                     )
                 tail.append(line.decode(errors="replace").rstrip())
                 if found := _LISTENING.search(line):
-                    outbound = int(found.group(1))
+                    ports[found.group(1).decode()] = int(found.group(2))
                 if found := _ADMIN.search(line):
                     admin = int(found.group(1))
     except BaseException as exc:
@@ -158,7 +167,7 @@ async def start_sidecar(config_path: Path, timeout_s: float = 20.0) -> Sidecar:
         if isinstance(exc, TimeoutError):
             raise SidecarError(f"the sidecar reported no ports within {timeout_s:.0f}s") from None
         raise
-    sidecar = Sidecar(process, outbound, admin, tail)
+    sidecar = Sidecar(process, ports, admin, tail)
     sidecar._drain = asyncio.get_running_loop().create_task(_keep_reading(process, tail))
     return sidecar
 

@@ -8,6 +8,7 @@ import yaml
 
 from meshproxy.config import parse_bootstrap
 from meshproxy.demo.__main__ import Traffic, parse_args
+from meshproxy.demo.dynamic import canary, dynamic_bootstrap
 from meshproxy.demo.sidecar import demo_bootstrap, port_or_any
 
 
@@ -46,3 +47,23 @@ def test_split_line_names_a_version_that_got_nothing() -> None:
 def test_zero_requests_are_refused() -> None:
     with pytest.raises(SystemExit):
         parse_args(["--requests", "0"])
+
+
+def test_dynamic_sidecars_have_no_snapshot_and_poll_the_control_plane() -> None:
+    config = dynamic_bootstrap(
+        "ratings-v1", "ratings", "http://127.0.0.1:1", "t", 0, local_app_port=9001, upstreams=[]
+    )
+    boot = parse_bootstrap(yaml.safe_dump(config), "demo")
+    assert boot.control_plane is not None and boot.control_plane.url == "http://127.0.0.1:1"
+    assert boot.node.upstreams == [] and boot.snapshot.routes == []
+    assert [(li.name, li.local_app) for li in boot.listeners] == [("inbound", "127.0.0.1:9001")]
+
+
+def test_the_canary_body_weighs_v1_against_v2() -> None:
+    (rule,) = canary(50, 50)["rules"]
+    assert rule["backends"] == [{"subset": "v1", "weight": 50}, {"subset": "v2", "weight": 50}]
+
+
+def test_static_mode_is_behind_a_flag() -> None:
+    assert not parse_args([]).static
+    assert parse_args(["--static"]).static
