@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed-stamp
 EXT_STAMP := meshproxy/.fastpath-built
 
 # Debian packages by target: what the tests start, what the benchmark compares.
-TEST_DEBS := prometheus redis-server
+TEST_DEBS := prometheus prometheus-alertmanager redis-server
 BENCH_DEBS := wrk haproxy nginx-light
 
 .PHONY: demo test lint bench build clean venv apt-test apt-bench

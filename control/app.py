@@ -17,6 +17,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from control.api.alerts import install_alerts
 from control.api.auth import AuthError, Tokens
 from control.api.certs import install_ca
 from control.api.models import ErrorBody, Problem
@@ -219,4 +220,5 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     app.on_shutdown.append(release_watches)
     app.cleanup_ctx.append(lifecycle)
     install_rollouts(app, cp, settings.tick)
+    install_alerts(app)
     return app

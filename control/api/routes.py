@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from control.api import certs, rollouts
+from control.api import alerts, certs, rollouts
 from control.api import models as m
 from control.api.auth import Principal
 from control.api.operation import (
@@ -366,4 +366,5 @@ OPERATIONS: list[Operation] = [
         statuses=(409,),
     ),
     *rollouts.OPERATIONS,
+    *alerts.OPERATIONS,
 ]
