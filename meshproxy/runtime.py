@@ -47,9 +47,11 @@ from meshproxy.admin import AdminServer, start_admin
 from meshproxy.config import Bootstrap, ConfigError, Listener, Snapshot
 from meshproxy.http1 import HttpServer, ListenerContext
 from meshproxy.http1.context import MetricsObserver
+from meshproxy.http1.policy import ListenerPolicy
 from meshproxy.observe.exchange import Observer
 from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
 from meshproxy.observe.observer import MeshObserver
+from meshproxy.policy import compile_chain
 from meshproxy.resolve import Resolver
 from meshproxy.settings import Settings
 from meshproxy.tcp import TcpProxy
@@ -95,6 +97,7 @@ class Runtime:
         self.mesh_observer: MeshObserver | None = None
         self.probes: HealthProbes | None = None
         self._probe_task: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()  # old policy chains being closed
 
     @property
     def ready(self) -> bool:
@@ -122,6 +125,24 @@ class Runtime:
             previous=self.resolver,
         )
 
+    def build_policies(self, snapshot: Snapshot) -> dict[str, ListenerPolicy]:
+        """One policy chain per HTTP listener, empty ones left out.  A service's
+        rate limits and access policies apply on the inbound listeners of its
+        own sidecar; outbound listeners run the outbound user filters only (see
+        ``http1.policy``).  Raises ``ConfigError`` for a filter it cannot build."""
+        policies: dict[str, ListenerPolicy] = {}
+        for listener in self.boot.listeners:
+            if listener.protocol != "http":
+                continue
+            inbound = listener.direction == "inbound"
+            service = self.boot.node.service if inbound else None
+            chain = compile_chain(snapshot, service, listener.direction)
+            if chain.names:
+                route = "inbound" if listener.local_app else None
+                record = self._metrics.rate_limit_decision
+                policies[listener.name] = ListenerPolicy(chain, service or "", route, record)
+        return policies
+
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Put ``snapshot`` in force: routes, clusters and resolver rebuilt
         (live endpoint state kept) and swapped into every listener at once;
@@ -129,13 +150,19 @@ class Runtime:
         (nothing changes) when the snapshot is refused."""
         try:
             resolver = self.build_resolver(snapshot)
+            policies = self.build_policies(snapshot)
         except ConfigError:
             if self.mesh_observer is not None:
                 self.mesh_observer.snapshot_refused()
             raise
         self.resolver = resolver
+        loop = asyncio.get_running_loop()
         for ctx in self.contexts:
             ctx.resolver = resolver
+            old, ctx.policy = ctx.policy, policies.get(ctx.name)
+            if old is not None:  # requests in flight keep their chain; closed after
+                self._closing.add(task := loop.create_task(old.aclose()))
+                task.add_done_callback(self._closing.discard)
         if self.probes is not None:
             self.probes.wake()
         if self.mesh_observer is not None:
@@ -182,6 +209,7 @@ class Runtime:
         boot = self.boot
         sink = self._metrics
         resolver = self.resolver = self.build_resolver(boot.snapshot)
+        policies = self.build_policies(boot.snapshot)
         for listener in boot.listeners:
             ctx = ListenerContext(
                 loop,
@@ -193,6 +221,7 @@ class Runtime:
                 observer=self.observer,
                 source_service=boot.node.service,
             )
+            ctx.policy = policies.get(listener.name)
             self.contexts.append(ctx)
             factory = (
                 (lambda c=ctx: TcpProxy(c))
@@ -231,6 +260,9 @@ class Runtime:
         for ctx in self.contexts:
             ctx.close_all()
         log.info("drained connections_closed_at_deadline=%d", left)
+        for ctx in self.contexts:
+            if ctx.policy is not None:
+                await ctx.policy.aclose()  # Redis clients and the like
         await asyncio.sleep(0)
 
 

@@ -20,6 +20,7 @@ from meshproxy.observe.exchange import Exchange, Observer
 from meshproxy.resolve import Resolver
 
 if TYPE_CHECKING:
+    from meshproxy.http1.policy import ListenerPolicy
     from meshproxy.http1.upstream import UpstreamConnection
 
 
@@ -90,6 +91,7 @@ class ListenerContext:
         "metrics",
         "name",
         "observer",
+        "policy",
         "pool",
         "request_head_timeout",
         "request_timeout",
@@ -129,6 +131,8 @@ class ListenerContext:
         self.pool: IdlePool[UpstreamConnection] = IdlePool()
         self.connections: set[Closable] = set()
         self.draining = False
+        # The policy filter chain (``http1.policy``); None: no filter at all.
+        self.policy: ListenerPolicy | None = None
         # Epoch seconds = loop time + this: one clock read per exchange, not two.
         self.wall_offset = time.time() - loop.time()
         # Endpoints that answered in HTTP/1.0: they never send 100 Continue.

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import TYPE_CHECKING
 
 from meshproxy import fastpath as fp
+
+if TYPE_CHECKING:
+    from meshproxy.resolve import Route
 
 # The hop-by-hop rule (RFC 9110 section 7.6.1) is the parser's: one list for
 # every room that forwards fields.  The per-field check runs on every request,
@@ -175,6 +179,36 @@ def build_request_head(
         out += (b"X-Request-Id: ", request_id or new_request_id(), b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def edited_request_head(
+    head: fp.RequestHead,
+    route: Route,
+    path: bytes,
+    client_ip: bytes,
+    authority: bytes | None,
+    rid: bytes,
+    extra: list[tuple[bytes, bytes]],
+) -> tuple[bytes, bytes | None]:
+    """The upstream head after ``extra`` (the observer's fields and the
+    filters' headers, each replacing the client's of that name), the route's
+    header edits and rewrites; and the mirror's head (Host ``-shadow``) if any."""
+    headers = head.headers
+    if extra:
+        names = {name.lower() for name, _ in extra}
+        headers = [pair for pair in headers if pair[0].lower() not in names]
+        headers.extend(extra)
+    edit = route.request_headers
+    if edit is not None:
+        headers = edit.apply(headers)
+    upath = route.upstream_path(path)
+    host = route.host_rewrite or authority
+    out = build_request_head(head, upath, client_ip, host, None, rid, headers)
+    mirror = None
+    if route.mirror is not None:
+        shadow = shadow_host(host or head.host or b"")
+        mirror = build_request_head(head, upath, client_ip, shadow, None, rid, headers)
+    return out, mirror
 
 
 # Status lines by (status, reason), built once: upstreams repeat the same few.

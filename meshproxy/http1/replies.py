@@ -10,6 +10,8 @@ from __future__ import annotations
 _REASONS = {
     100: b"Continue",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",

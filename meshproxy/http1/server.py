@@ -47,8 +47,14 @@ from meshproxy.http1.forward import (
     WAIT,
     Forwarder,
 )
-from meshproxy.http1.head import build_request_head, new_request_id, origin_form, shadow_host
+from meshproxy.http1.head import (
+    build_request_head,
+    edited_request_head,
+    new_request_id,
+    origin_form,
+)
 from meshproxy.http1.mirror import send_mirror
+from meshproxy.http1.policy import ListenerPolicy, run_request_phase
 from meshproxy.http1.replies import local_reply
 from meshproxy.observe.exchange import (
     BAD_REQUEST,
@@ -57,7 +63,9 @@ from meshproxy.observe.exchange import (
     FAULT_DELAY,
     Exchange,
 )
-from meshproxy.resolve import LocalReply, Route
+from meshproxy.policy import LocalReply as PolicyReply
+from meshproxy.policy import RequestContext
+from meshproxy.resolve import LocalReply
 from meshproxy.routing import fault_for, mirror_for
 
 log = logging.getLogger("meshproxy")
@@ -81,6 +89,10 @@ class HttpServer(Forwarder):
         "idle_timer",
         "paused_buffer",
         "peer",
+        "policy",
+        "policy_rc",
+        "policy_task",
+        "principal",
         "req_remaining",
         "upgrade_requested",
     )
@@ -88,6 +100,9 @@ class HttpServer(Forwarder):
     def __init__(self, ctx: ListenerContext) -> None:
         super().__init__(ctx)
         self.peer: tuple[str, int] = ("", 0)
+        # The verified mTLS peer's SPIFFE ID (``str(SpiffeId)``), set by the
+        # inbound listener before the first byte; None for plaintext.
+        self.principal: str | None = None
         self.client_ip = b""
         self.client_addr = ""
         self.client_eof = False  # tunnels only: the client half-closed
@@ -102,6 +117,10 @@ class HttpServer(Forwarder):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.idle_since = 0.0
         self.paused_buffer = False
+        # The policy chain of the exchange in flight (``http1.policy``), if any.
+        self.policy: ListenerPolicy | None = None
+        self.policy_rc: RequestContext | None = None
+        self.policy_task: asyncio.Task[PolicyReply | None] | None = None
 
     # -- asyncio callbacks -------------------------------------------------
 
@@ -243,6 +262,26 @@ class HttpServer(Forwarder):
         ex.path = path
         rid = fp.header_value(head.headers, b"x-request-id") or new_request_id()
         ex.request_id = rid
+        policy = ctx.policy
+        if policy is not None:
+            run_request_phase(self, policy, head, raw, ex, path, authority, host, rid, now)
+            return
+        self.route_request(head, raw, ex, path, authority, host, rid, now, None)
+
+    def route_request(
+        self,
+        head: fp.RequestHead,
+        raw: bytes | None,
+        ex: Exchange,
+        path: bytes,
+        authority: bytes | None,
+        host: bytes | None,
+        rid: bytes,
+        now: float,
+        rc: RequestContext | None,
+    ) -> None:
+        """Go on with a request the policy chain (if any) let through."""
+        ctx = self.ctx
         route = ctx.resolver.resolve(ctx.name, head, host, self.client_addr, path)
         if isinstance(route, LocalReply):
             ctx.observer.exchange_started(ex, head.headers)
@@ -252,6 +291,12 @@ class HttpServer(Forwarder):
         ex.destination_subset = route.subset
         ex.route = route.name
         extra = ctx.observer.exchange_started(ex, head.headers)
+        self.policy_rc = rc  # with ``policy``, set by the request phase
+        if rc is not None:
+            if rc.request_extra:
+                extra = [*extra, *rc.request_extra]
+            if path is not head.target:
+                raw = None  # the path was normalised: the head is rebuilt
         self.exchange = ex
         self.route = route
         self.started = now
@@ -277,7 +322,9 @@ class HttpServer(Forwarder):
         if route.plain and not extra:
             payload = build_request_head(head, path, self.client_ip, authority, raw, rid)
         else:
-            payload, mirror_head = self.edited_head(head, route, path, authority, rid, extra)
+            payload, mirror_head = edited_request_head(
+                head, route, path, self.client_ip, authority, rid, extra
+            )
         head_size = len(payload)
         framing = head.body
         buf = self.buf
@@ -348,42 +395,18 @@ class HttpServer(Forwarder):
             return
         self.start_try(payload)
 
-    def edited_head(
-        self,
-        head: fp.RequestHead,
-        route: Route,
-        path: bytes,
-        authority: bytes | None,
-        rid: bytes,
-        extra: list[tuple[bytes, bytes]],
-    ) -> tuple[bytes, bytes | None]:
-        """The upstream head after the observer's fields, the route's header
-        edits and rewrites; and the mirror's head (Host ``-shadow``) if any."""
-        headers = head.headers
-        if extra:
-            names = {name.lower() for name, _ in extra}
-            headers = [pair for pair in headers if pair[0].lower() not in names]
-            headers.extend(extra)
-        edit = route.request_headers
-        if edit is not None:
-            headers = edit.apply(headers)
-        upath = route.upstream_path(path)
-        host = route.host_rewrite or authority
-        out = build_request_head(head, upath, self.client_ip, host, None, rid, headers)
-        mirror = None
-        if route.mirror is not None:
-            shadow = shadow_host(host or head.host or b"")
-            mirror = build_request_head(head, upath, self.client_ip, shadow, None, rid, headers)
-        return out, mirror
-
     def local_answer(self, head: fp.RequestHead, ex: Exchange, reply: LocalReply) -> None:
         """Answer a request the resolver refused; the exchange ends here."""
-        ctx = self.ctx
-        close = head.body != fp.BODY_NONE or not head.keep_alive or ctx.draining
-        assert self.transport is not None
-        self.transport.write(local_reply(reply.status, reply.reason, close, head.method == b"HEAD"))
+        close = head.body != fp.BODY_NONE or not head.keep_alive or self.ctx.draining
         ex.add_flag(reply.flag)
-        ex.status = reply.status
+        data = local_reply(reply.status, reply.reason, close, head.method == b"HEAD")
+        self.local_answer_bytes(ex, reply.status, data, close)
+
+    def local_answer_bytes(self, ex: Exchange, status: int, data: bytes, close: bool) -> None:
+        ctx = self.ctx
+        assert self.transport is not None
+        self.transport.write(data)
+        ex.status = status
         ex.duration = ctx.loop.time() - ex.start
         ctx.observer.exchange_done(ex)
         if close:
@@ -563,6 +586,9 @@ class HttpServer(Forwarder):
             transport.resume_reading()
 
     def cancel_timers(self) -> None:
+        if self.policy_task is not None:
+            self.policy_task.cancel()  # the client is gone: the request phase stops
+            self.policy_task = None
         for timer in (self.req_timer, self.head_timer, self.idle_timer, self.wait_timer):
             if timer is not None:
                 timer.cancel()

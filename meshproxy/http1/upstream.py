@@ -18,16 +18,19 @@ reported to ``down``, which owns the exchange.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
 from meshproxy.http1.head import build_response_head, has_hop_by_hop, idle_deadline
+from meshproxy.http1.policy import finished_headers, response_headers, with_status
 from meshproxy.http1.replies import CONTINUE
 
 if TYPE_CHECKING:
     from meshproxy.http1.context import ListenerContext
     from meshproxy.http1.server import HttpServer
+    from meshproxy.policy import LocalReply
     from meshproxy.upstream import Cluster, EndpointState
 
 # Connection states.
@@ -38,6 +41,7 @@ CHUNKED = 3  # relaying a chunked body
 UNTIL_CLOSE = 4  # relaying a body that ends when the upstream closes
 TUNNEL = 5  # after a 101: raw bytes both ways
 CLOSED = 6
+HELD = 7  # head parsed, an asynchronous response phase of the policy chain runs
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -51,6 +55,7 @@ class UpstreamConnection(asyncio.Protocol):
         "endpoint",
         "eof",
         "got_bytes",
+        "held",
         "idle_after",
         "idle_timer",
         "keep",
@@ -85,6 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parked_at = 0.0
         self.reading_paused = False
         self.eof = False  # tunnels only: the upstream half-closed
+        self.held: asyncio.Task[LocalReply | None] | None = None  # the response phase, HELD
         # Set once the connection counts against its cluster's breaker and
         # the endpoint's connection gauge; released when it closes.
         self.cluster: Cluster | None = None
@@ -129,6 +135,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif state == IDLE:
             # An idle upstream must not speak; whatever it says, it is unusable.
             self.close()
+        elif state == HELD:
+            self.buf += data  # reading is paused: at most what was already in flight
 
     def eof_received(self) -> bool | None:
         down = self.down
@@ -149,6 +157,7 @@ class UpstreamConnection(asyncio.Protocol):
         state = self.state
         self.state = CLOSED
         self.release()
+        self.drop_held()
         if self.idle_timer is not None:
             self.idle_timer.cancel()
             self.idle_timer = None
@@ -210,6 +219,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.down = None
             self.state = CLOSED
             self.release()
+            self.drop_held()
             self.ctx.pool.discard(self.key, self)
             if self.idle_timer is not None:
                 self.idle_timer.cancel()
@@ -277,12 +287,98 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             connection = None
         edit = down.response_edit
+        headers = edit.apply(head.headers) if edit is not None else None
+        rc = down.policy_rc
+        if rc is not None and down.policy is not None:
+            policy = down.policy
+            if policy.has_response_phase or rc.response_extra:
+                hold = functools.partial(
+                    self.hold, head, src, start, end, hop, chunked_out, connection
+                )
+                headers = response_headers(
+                    rc,
+                    policy.chain,
+                    head.status,
+                    head.headers if headers is None else headers,
+                    hold,
+                )
+                if headers is None:
+                    return
+                if rc.status != head.status:
+                    down.status = rc.status
+        self.relay_head(head, src, start, end, hop, chunked_out, connection, headers)
+
+    def hold(
+        self,
+        head: fp.ResponseHead,
+        src: bytes | bytearray,
+        start: int,
+        end: int,
+        hop: bool,
+        chunked_out: bool,
+        connection: bytes | None,
+        task: asyncio.Task[LocalReply | None],
+    ) -> None:
+        """Keep the response (head and body) until the response phase is over."""
+        self.state = HELD
+        self.held = task
+        self.buf = bytearray(src[start:])
+        self.pause_reading()
+        task.add_done_callback(
+            functools.partial(self.release_held, head, end - start, hop, chunked_out, connection)
+        )
+
+    def release_held(
+        self,
+        head: fp.ResponseHead,
+        end: int,
+        hop: bool,
+        chunked_out: bool,
+        connection: bytes | None,
+        task: asyncio.Task[LocalReply | None],
+    ) -> None:
+        if self.held is task:
+            self.held = None
+        down = self.down
+        if task.cancelled() or self.state != HELD or down is None or down.policy_rc is None:
+            return
+        task.exception()  # the chain answers its own failures; nothing is left to raise
+        rc = down.policy_rc
+        if rc.status != head.status:
+            down.status = rc.status
+        src = bytes(self.buf)
+        self.buf = bytearray()
+        self.state = HEAD
+        self.relay_head(head, src, 0, end, hop, chunked_out, connection, finished_headers(rc))
+        if self.state not in (IDLE, CLOSED) and not down.write_paused:
+            self.resume_reading()
+
+    def drop_held(self) -> None:
+        if self.held is not None:
+            self.held.cancel()
+            self.held = None
+
+    def relay_head(
+        self,
+        head: fp.ResponseHead,
+        src: bytes | bytearray,
+        start: int,
+        end: int,
+        hop: bool,
+        chunked_out: bool,
+        connection: bytes | None,
+        headers: list[tuple[bytes, bytes]] | None,
+    ) -> None:
+        """Send the response head (rebuilt when needed) and what body is at hand."""
+        down = self.down
+        assert down is not None and down.transport is not None
+        body = head.body
         unchanged = (
             not hop
             and connection is None
             and not chunked_out
             and head.version == 11
-            and edit is None
+            and headers is None
         )
         ex = down.exchange
         if ex is not None and body == fp.BODY_LENGTH:
@@ -308,8 +404,10 @@ class UpstreamConnection(asyncio.Protocol):
                 chunked_out,
                 connection,
                 body == fp.BODY_TUNNEL,
-                edit.apply(head.headers) if edit is not None else None,
+                headers,
             )
+            if down.status != head.status:
+                out = with_status(out, down.status)  # a response filter changed it
         rest = src[end:]
         if self.buf:
             self.buf = bytearray()
