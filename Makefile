@@ -16,10 +16,11 @@ BENCH_DEBS := wrk haproxy nginx-light
 
 .PHONY: demo test lint bench build clean venv apt-test apt-bench
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py examples/ab_tagger/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	MESHPROXY_NO_EXTENSIONS=1 $(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e examples/ab_tagger  # the example filter: its tests and the entry-point test
 	touch $@
 
 venv: $(STAMP)
@@ -56,7 +57,7 @@ lint: build
 
 test: lint apt-test
 	$(PY) tests/unit/helm/fetch_helm.py >/dev/null  # a real helm for the chart test
-	MESHPROXY_REQUIRE_EXTENSION=1 MESHPROXY_REQUIRE_HELM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --cov=meshproxy --cov-report=term:skip-covered tests
+	MESHPROXY_REQUIRE_EXTENSION=1 MESHPROXY_REQUIRE_HELM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --cov=meshproxy --cov-report=term:skip-covered tests examples/ab_tagger/tests
 
 demo: build
 	$(PY) -m meshproxy.demo $(DEMO_ARGS)
