@@ -8,7 +8,8 @@ has no auth, so the only route that changes anything is the log level.
 
 Routes: ``GET /`` (index), ``/ready``, ``/metrics``, ``/stats`` (the metric
 samples as JSON, no histogram buckets), ``/config_dump``, ``/clusters``
-(upstream endpoints and breakers as JSON), and
+(upstream endpoints and breakers as JSON), ``/certs`` (the mTLS identity,
+serial and expiry of the certificate in use, and the trusted roots), and
 ``POST /logging?level=debug|info|warning|error`` (the ``meshproxy`` logger's
 level; a missing or unknown level is a 400); any other path is 404.
 ``/config_dump`` passes through ``redact`` so that secrets (keys, tokens,
@@ -50,6 +51,7 @@ _INDEX = (
     "  GET /stats         the metric samples as JSON (histograms: count and sum)\n"
     "  GET /config_dump   the config in force, as JSON (secrets redacted)\n"
     "  GET /clusters      upstream clusters: endpoints, health, ejections, breakers\n"
+    "  GET /certs         mTLS identity, serial and expiry of the certificate in use\n"
     "  POST /logging?level=debug|info|warning|error   set the log level\n"
 )
 LOG_LEVELS = {
@@ -72,6 +74,8 @@ class AdminState(Protocol):
     def config_dump(self) -> dict[str, object]: ...
 
     def clusters(self) -> dict[str, object]: ...
+
+    def certs(self) -> dict[str, object]: ...
 
 
 def redact(value: object) -> object:
@@ -112,6 +116,7 @@ async def start_admin(state: AdminState, host: str, port: int) -> AdminServer:
     app.router.add_get("/stats", _stats)
     app.router.add_get("/config_dump", _config_dump)
     app.router.add_get("/clusters", _clusters)
+    app.router.add_get("/certs", _certs)
     app.router.add_post("/logging", _logging)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -162,6 +167,11 @@ async def _logging(request: web.Request) -> web.Response:
 
 async def _clusters(request: web.Request) -> web.Response:
     text = json.dumps(request.app[_STATE].clusters(), indent=2, sort_keys=True) + "\n"
+    return web.Response(text=text, content_type="application/json")
+
+
+async def _certs(request: web.Request) -> web.Response:
+    text = json.dumps(request.app[_STATE].certs(), indent=2, sort_keys=True) + "\n"
     return web.Response(text=text, content_type="application/json")
 
 

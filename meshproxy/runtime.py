@@ -41,6 +41,7 @@ import signal
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from meshproxy.admin import AdminServer, start_admin
@@ -53,6 +54,11 @@ from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
 from meshproxy.observe.observer import MeshObserver
 from meshproxy.policy import compile_chain
 from meshproxy.resolve import Resolver
+from meshproxy.security.handshake import InboundListener
+from meshproxy.security.mesh import MeshTLS
+from meshproxy.security.sidecar import SidecarSecurity
+from meshproxy.security.spiffe import SpiffeId
+from meshproxy.security.x509 import CertificateError
 from meshproxy.settings import Settings
 from meshproxy.tcp import TcpProxy
 from meshproxy.upstream import Upstreams
@@ -98,6 +104,9 @@ class Runtime:
         self.probes: HealthProbes | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # old policy chains being closed
+        # mTLS (``security.sidecar``): None while the bootstrap configures no identity.
+        self.mesh: MeshTLS | None = None
+        self.tls_listeners: list[InboundListener] = []
 
     @property
     def ready(self) -> bool:
@@ -163,10 +172,23 @@ class Runtime:
             if old is not None:  # requests in flight keep their chain; closed after
                 self._closing.add(task := loop.create_task(old.aclose()))
                 task.add_done_callback(self._closing.discard)
+        if self.mesh is not None:
+            self.mesh.update(snapshot)
         if self.probes is not None:
             self.probes.wake()
         if self.mesh_observer is not None:
             self.mesh_observer.snapshot_applied(snapshot, snapshot.version)
+
+    def certs(self) -> dict[str, object]:
+        """The admin ``/certs`` view: the identity and certificates in use."""
+        mesh = self.mesh
+        if mesh is None:
+            return {"enabled": False, "mode": self.boot.security.mode}
+        view: dict[str, object] = mesh.contexts.describe(time.time())
+        view["enabled"] = True
+        view["inbound_mode"] = mesh.inbound_mode()
+        view["mtls_services"] = sorted(mesh.expected)
+        return view
 
     def clusters(self) -> dict[str, object]:
         """The admin ``/clusters`` view of this worker's upstream state."""
@@ -229,6 +251,21 @@ class Runtime:
                 else (lambda c=ctx: HttpServer(c))
             )
             port = ports.get(listener.name, listener.port)
+            mesh = self.mesh
+            if mesh is not None and listener.protocol == "http":
+                if listener.direction == "outbound":
+                    ctx.mtls = mesh
+                else:
+                    bound = await self._bind_mtls(mesh, ctx, port)
+                    self.bound[listener.name] = bound
+                    log.info(
+                        "listening name=%s protocol=%s tls=mesh address=%s port=%d",
+                        listener.name,
+                        listener.protocol,
+                        listener.address,
+                        bound,
+                    )
+                    continue
             server = await loop.create_server(
                 factory, listener.address, port, reuse_port=True, backlog=1024
             )
@@ -243,11 +280,33 @@ class Runtime:
                 bound,
             )
 
+    async def _bind_mtls(self, mesh: MeshTLS, ctx: ListenerContext, port: int) -> int:
+        """An inbound listener that admits by the node's TLS mode (per connection)."""
+
+        def app(peer: SpiffeId | None) -> HttpServer:
+            server = HttpServer(ctx)
+            server.principal = None if peer is None else str(peer)
+            return server
+
+        listener = InboundListener(
+            mesh.contexts,
+            mesh.inbound_mode,
+            app,
+            mesh.refusals,
+            mesh.trust_domain,
+            self.boot.security.handshake_timeout,
+        )
+        await listener.start(ctx.listener.address, port, reuse_port=True)
+        self.tls_listeners.append(listener)
+        return listener.port
+
     async def drain(self) -> None:
         """Stop accepting, finish what is in flight, close the rest at the deadline."""
         self._ready = False
         for server in self.servers:
             server.close()
+        for tls_listener in self.tls_listeners:
+            await tls_listener.close()
         for ctx in self.contexts:
             ctx.drain()
         loop = asyncio.get_running_loop()
@@ -278,13 +337,22 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     rt.observer = observer
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, rt.on_signal, signum)
+    security = SidecarSecurity(boot)
     try:
         watcher = watcher_for(boot, rt.apply_snapshot, worker_index)
+        rt.mesh = await security.start(boot.snapshot, rt.stop)
+        if rt.stop.is_set():
+            await security.close()
+            return 0
+        if rt.mesh is not None:
+            metrics.watch_tls_refusals(rt.mesh.refusals.counts)
         await rt.bind(ports)
-    except ConfigError as exc:
+    except (ConfigError, CertificateError) as exc:
+        await security.close()
         log.error("config refused error=%r", str(exc))
         return 1
     except OSError as exc:
+        await security.close()
         log.error("bind failed error=%r", str(exc))
         return 1
     observer.watch_upstreams(rt.clusters)
@@ -303,6 +371,7 @@ async def run_worker(boot: Bootstrap, settings: Settings) -> int:
     if watcher is not None:
         await watcher.stop()
     await rt.drain()
+    await security.close()
     await rt.stop_health_checks()
     await observer.close()
     if admin is not None:

@@ -21,7 +21,8 @@ from meshproxy.resolve import Resolver
 
 if TYPE_CHECKING:
     from meshproxy.http1.policy import ListenerPolicy
-    from meshproxy.http1.upstream import UpstreamConnection
+    from meshproxy.http1.upstream import UpstreamConnection, UpstreamKey
+    from meshproxy.security.mesh import MeshTLS
 
 
 class MetricsSink(Protocol):
@@ -89,6 +90,7 @@ class ListenerContext:
         "max_head",
         "max_headers",
         "metrics",
+        "mtls",
         "name",
         "observer",
         "policy",
@@ -133,10 +135,13 @@ class ListenerContext:
         self.draining = False
         # The policy filter chain (``http1.policy``); None: no filter at all.
         self.policy: ListenerPolicy | None = None
+        # Outbound listeners of a sidecar with an identity: mTLS to the
+        # services whose policy turns it on (``security.mesh``); else None.
+        self.mtls: MeshTLS | None = None
         # Epoch seconds = loop time + this: one clock read per exchange, not two.
         self.wall_offset = time.time() - loop.time()
         # Endpoints that answered in HTTP/1.0: they never send 100 Continue.
-        self.http10_endpoints: set[tuple[str, int]] = set()
+        self.http10_endpoints: set[UpstreamKey] = set()
 
     def drain(self) -> None:
         """Stop keeping connections alive: idle ones close now, busy ones after

@@ -48,6 +48,7 @@ from meshproxy.upstream import EndpointState, Failure
 
 if TYPE_CHECKING:
     from meshproxy.resolve import Route
+    from meshproxy.security.spiffe import SpiffeId
 
 # Connection states (shared with ``server``).
 IDLE = 0  # waiting for (the rest of) a request head
@@ -171,7 +172,12 @@ class Forwarder(asyncio.Protocol):
         cluster.request_started(endpoint)
         self.endpoint = endpoint
         ex.upstream_host = endpoint.name
-        key = (endpoint.address, endpoint.port)
+        mtls = ctx.mtls
+        key = (
+            endpoint.address,
+            endpoint.port,
+            mtls.expected.get(route.service) if mtls is not None else None,
+        )
         if self.expect_continue and key in ctx.http10_endpoints:
             # An HTTP/1.0 upstream never sends 100: we answer it ourselves.
             assert self.transport is not None
@@ -181,7 +187,7 @@ class Forwarder(asyncio.Protocol):
         if up is not None:
             self.attach(up, payload)
         else:
-            self.connect(payload)
+            self.connect(payload, key[2])
 
     def end_try(self, outcome: int | Failure | None) -> None:
         """The current try is over: report ``outcome`` (None: no verdict on
@@ -288,7 +294,7 @@ class Forwarder(asyncio.Protocol):
 
     # -- upstream connection -------------------------------------------------
 
-    def connect(self, payload: bytes) -> None:
+    def connect(self, payload: bytes, expected: SpiffeId | None = None) -> None:
         route = self.route
         endpoint = self.endpoint
         assert route is not None and endpoint is not None
@@ -305,7 +311,9 @@ class Forwarder(asyncio.Protocol):
             self.fail(overflow.status, overflow.reason)
             return
         self.pending = [payload]
-        self.connecting = PendingConnect(self.ctx, endpoint.address, endpoint.port, self.connected)
+        self.connecting = PendingConnect(
+            self.ctx, endpoint.address, endpoint.port, self.connected, expected
+        )
 
     def drop_connecting(self) -> None:
         """Give up a connection being opened (its breaker counts go back)."""
@@ -426,7 +434,7 @@ class Forwarder(asyncio.Protocol):
             # A reused connection the upstream had closed: once more, same endpoint.
             self.retried = True
             self.awaiting_head = False
-            self.connect(self.sent)
+            self.connect(self.sent, up.key[2])
             return
         self.awaiting_head = False
         self.end_try(Failure.RESET)

@@ -26,12 +26,20 @@ from meshproxy import fastpath as fp
 from meshproxy.http1.head import build_response_head, has_hop_by_hop, idle_deadline
 from meshproxy.http1.policy import finished_headers, response_headers, with_status
 from meshproxy.http1.replies import CONTINUE
+from meshproxy.security.handshake import connect_mtls
+from meshproxy.security.refusals import TLSRefused
+from meshproxy.security.spiffe import SpiffeId
 
 if TYPE_CHECKING:
     from meshproxy.http1.context import ListenerContext
     from meshproxy.http1.server import HttpServer
     from meshproxy.policy import LocalReply
     from meshproxy.upstream import Cluster, EndpointState
+
+# (host, port, the SPIFFE ID verified on the connection or None for plaintext):
+# the pool never hands a plain connection to a TLS try, nor one verified for
+# another identity.
+UpstreamKey = tuple[str, int, SpiffeId | None]
 
 # Connection states.
 IDLE = 0  # parked in the pool (or just connected)
@@ -70,7 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         "version",
     )
 
-    def __init__(self, ctx: ListenerContext, key: tuple[str, int]) -> None:
+    def __init__(self, ctx: ListenerContext, key: UpstreamKey) -> None:
         self.ctx = ctx
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -510,8 +518,11 @@ class UpstreamConnection(asyncio.Protocol):
 class PendingConnect:
     """A connection being opened to an endpoint, with its connect timeout.
 
-    ``done(conn, "")`` on success, ``done(None, reason)`` on failure or timeout;
-    never after ``cancel()`` (a connection that completes anyway is closed)."""
+    ``expected`` set: mTLS with the contexts current now, and the server must
+    present that SPIFFE ID (a refusal is a connect failure whose reason says
+    why).  ``done(conn, "")`` on success, ``done(None, reason)`` on failure or
+    timeout; never after ``cancel()`` (a connection that completes anyway is
+    closed)."""
 
     __slots__ = ("done", "future", "timer")
 
@@ -521,18 +532,35 @@ class PendingConnect:
         host: str,
         port: int,
         done: Callable[[UpstreamConnection | None, str], None],
+        expected: SpiffeId | None = None,
     ) -> None:
         self.done: Callable[[UpstreamConnection | None, str], None] | None = done
-        key = (host, port)
-        self.future = asyncio.ensure_future(
-            ctx.loop.create_connection(lambda: UpstreamConnection(ctx, key), host, port)
-        )
+        key = (host, port, expected)
+        mtls = ctx.mtls
+        if expected is None or mtls is None:
+            self.future: asyncio.Future[tuple[asyncio.BaseTransport, asyncio.Protocol]] = (
+                asyncio.ensure_future(
+                    ctx.loop.create_connection(lambda: UpstreamConnection(ctx, key), host, port)
+                )
+            )
+        else:
+            self.future = asyncio.ensure_future(
+                connect_mtls(
+                    lambda: UpstreamConnection(ctx, key),
+                    host,
+                    port,
+                    mtls.contexts,
+                    expected,
+                    mtls.refusals,
+                    handshake_timeout=ctx.connect_timeout,
+                )
+            )
         self.future.add_done_callback(self.finished)
         self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(
             ctx.connect_timeout, self.timed_out
         )
 
-    def finished(self, fut: asyncio.Future[tuple[asyncio.Transport, UpstreamConnection]]) -> None:
+    def finished(self, fut: asyncio.Future[tuple[asyncio.BaseTransport, asyncio.Protocol]]) -> None:
         if fut.cancelled():
             return
         exc = fut.exception()
@@ -543,10 +571,12 @@ class PendingConnect:
             self.timer = None
         if done is None:
             if exc is None:
-                fut.result()[1].close()  # nobody waits for it any more
+                cast(UpstreamConnection, fut.result()[1]).close()  # nobody waits for it any more
             return
         if exc is None:
-            done(fut.result()[1], "")
+            done(cast(UpstreamConnection, fut.result()[1]), "")
+        elif isinstance(exc, TLSRefused):
+            done(None, f"upstream TLS refused: {exc.reason}")
         elif isinstance(exc, ConnectionRefusedError):
             done(None, "upstream connection refused")
         else:

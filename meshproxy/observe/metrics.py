@@ -251,6 +251,16 @@ class ProxyMetrics:
             registry=reg,
             multiprocess_mode="livemax",
         )
+        self._tls_refusals = Counter(
+            "meshproxy_tls_refusals",
+            "mTLS connections refused at the handshake, by direction (inbound/outbound) "
+            "and reason (plaintext_on_strict, unknown_ca, expired, wrong_spiffe_id, ...).",
+            ["direction", "reason"],
+            registry=reg,
+        )
+        # The security room's live counts and what of them is already published.
+        self._tls_counts: Mapping[tuple[str, str], int] | None = None
+        self._tls_published: dict[tuple[str, str], int] = {}
         self._refused = Counter(
             "meshproxy_config_snapshots_refused",
             "Config snapshots refused whole (the previous one stayed in force).",
@@ -386,6 +396,10 @@ class ProxyMetrics:
         """Copy upstream state into the gauges; call on the loop that owns it."""
         self._upstreams.sample()
 
+    def watch_tls_refusals(self, counts: Mapping[tuple[str, str], int] | None) -> None:
+        """Register ``security.Refusals.counts``; published at each flush."""
+        self._tls_counts = counts
+
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)
 
@@ -403,11 +417,22 @@ class ProxyMetrics:
             for counter in list(self._rate_limit.values()):
                 counter.flush()
             self._log_dropped.flush()
+            if self._tls_counts is not None:
+                self._flush_tls_refusals(self._tls_counts)
             if self._process_gauges:
                 for family in self._process.collect():
                     gauge = self._process_gauges.get(family.name)
                     if gauge is not None and family.samples:
                         gauge.set(family.samples[0].value)
+
+    def _flush_tls_refusals(self, counts: Mapping[tuple[str, str], int]) -> None:
+        published = self._tls_published
+        # A copy: the loop may count a refusal while another thread flushes.
+        for key, value in list(counts.items()):
+            delta = value - published.get(key, 0)
+            if delta > 0:
+                self._tls_refusals.labels(*key).inc(delta)
+                published[key] = value
 
     def collect(self) -> Iterator[Metric]:
         """Every family of this process, or in multi-process mode of every worker."""

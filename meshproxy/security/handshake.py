@@ -14,6 +14,9 @@ kernel), then
 * anything else: plaintext, given to the application unwrapped on a
   PERMISSIVE port, refused (``plaintext_on_strict``) on a STRICT one.
 
+While the mode is ``disable`` every connection goes to the application
+unwrapped, TLS or not (it answers a ClientHello as the garbage it then is).
+
 After the handshake the peer's SPIFFE ID is read from the verified certificate
 (``ssl`` checks the chain and dates, not URI SANs) and checked; until then the
 connection sits in a ``_Gate`` protocol that reads nothing, so the
@@ -139,11 +142,17 @@ class InboundListener:
         port: int = self._sock.getsockname()[1]
         return port
 
-    async def start(self, host: str, port: int, backlog: int = 1024) -> None:
+    async def start(
+        self, host: str, port: int, backlog: int = 1024, reuse_port: bool = False
+    ) -> None:
+        """Bind and accept; ``reuse_port`` lets several workers share the port
+        (the kernel spreads connections), as ``loop.create_server`` does."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(backlog)
             sock.setblocking(False)
@@ -191,7 +200,7 @@ class InboundListener:
                 if not first:
                     return  # closed before a byte: a port probe, nothing to refuse
                 mode = self.mode_of()
-                if first[0] != TLS_HANDSHAKE_RECORD:
+                if first[0] != TLS_HANDSHAKE_RECORD or mode == "disable":
                     if mode == "strict":
                         raise TLSRefused("plaintext_on_strict", f"first byte {first!r}")
                     await loop.connect_accepted_socket(lambda: self.app_factory(None), sock)

@@ -56,9 +56,15 @@ class RenewalPlan:
     retry_max: float = 60.0
     bundle_refresh: float = 60.0
 
-    def renew_at(self, material: Material) -> float:
+    def renew_at(self, material: Material, received_at: float | None = None) -> float:
+        """``fraction`` of the way from when the certificate became usable to
+        its end.  CAs backdate ``not_before`` for clock skew (ours by a
+        minute): counted from there, a short-lived certificate would be due
+        for renewal the moment it arrives, so the start is the later of
+        ``not_before`` and ``received_at``."""
         info = material.info
-        return info.not_before + info.lifetime * self.fraction
+        start = info.not_before if received_at is None else max(info.not_before, received_at)
+        return start + (info.not_after - start) * self.fraction
 
     def retry_at(self, now: float, failures: int, material: Material | None) -> float:
         delay = min(self.retry_max, self.retry_base * 2.0 ** max(0, failures - 1))
@@ -85,6 +91,7 @@ class IdentityManager:
         self.contexts: TLSContexts | None = None
         self.failures = 0
         self.renewals = 0
+        self.received_at: float | None = None  # when the certificate in use came
 
     @property
     def material(self) -> Material | None:
@@ -104,6 +111,7 @@ class IdentityManager:
             log.warning("certificate renewal failed (%d in a row): %s", self.failures, exc)
             return False
         self._use(material)
+        self.received_at = self.clock()
         self.failures = 0
         self.renewals += 1
         log.info("certificate in use: %s serial=%s", self.identity, material.info.serial)
@@ -138,7 +146,7 @@ class IdentityManager:
             return min(self.plan.retry_at(now, self.failures, material), bundle_at)
         if material is None:
             return now
-        return min(self.plan.renew_at(material), bundle_at)
+        return min(self.plan.renew_at(material, self.received_at), bundle_at)
 
     async def run(self) -> None:
         """Keep the identity fresh until cancelled."""
@@ -150,7 +158,8 @@ class IdentityManager:
                 await self.sleep(wake - now)
                 now = self.clock()
             material = self.material
-            if material is None or now >= self.plan.renew_at(material) or self.failures:
+            due = material is None or now >= self.plan.renew_at(material, self.received_at)
+            if due or self.failures:
                 await self.renew()
             if now >= bundle_at:
                 await self.refresh_bundle()

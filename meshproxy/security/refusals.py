@@ -77,7 +77,7 @@ class Refusals:
     __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self.counts: Counter[tuple[Direction, Reason]] = Counter()
+        self.counts: Counter[tuple[str, Reason]] = Counter()  # (direction, reason)
 
     def record(self, direction: Direction, reason: Reason, peer: object, detail: str) -> None:
         self.counts[(direction, reason)] += 1

@@ -69,7 +69,7 @@ def wired() -> tuple[HttpServer, Recorder, UpstreamConnection, Recorder]:
     server = HttpServer(ctx)
     down = Recorder()
     server.connection_made(down)  # type: ignore[arg-type]
-    up = UpstreamConnection(ctx, ("127.0.0.1", 9))
+    up = UpstreamConnection(ctx, ("127.0.0.1", 9, None))
     upt = Recorder()
     up.connection_made(upt)  # type: ignore[arg-type]
     up.park()

@@ -71,8 +71,9 @@ async def test_the_certificate_is_renewed_at_two_thirds_of_its_lifetime() -> Non
     manager, ca, _ = _manager(limit=2)
     with pytest.raises(Stop):
         await manager.run()
-    lifetime = DAY + 60.0  # each certificate is backdated a minute for clock skew
-    step = lifetime * 2 / 3 - 60.0
+    # Counted from its arrival: the minute of backdating for clock skew is
+    # not part of the lifetime the renewal schedule divides.
+    step = DAY * 2 / 3
     start = ca.issued_at[0]
     assert ca.issued_at == pytest.approx([start, start + step, start + 2 * step], abs=1.0)
     assert manager.renewals == 3
@@ -86,7 +87,7 @@ async def test_a_failed_renewal_keeps_the_old_certificate_and_retries_with_backo
     first = manager.contexts.material
     server_before = manager.contexts.server
     ca.down = True
-    time.now = RenewalPlan().renew_at(first)
+    time.now = RenewalPlan().renew_at(first, manager.received_at)
     with pytest.raises(Stop):
         await manager.run()
     assert time.sleeps == [2.0, 4.0, 8.0, 16.0]
@@ -96,6 +97,15 @@ async def test_a_failed_renewal_keeps_the_old_certificate_and_retries_with_backo
     assert await manager.renew()
     assert manager.contexts.material.info.serial != first.info.serial
     assert manager.failures == 0
+
+
+def test_a_backdated_short_lived_certificate_is_renewed_at_two_thirds_after_it_came() -> None:
+    pki = PKI()
+    signed = pki.material("reviews", ttl=6.0)
+    received = signed.info.not_after - 6.0
+    assert signed.info.not_before < received - 30  # backdated for clock skew
+    assert RenewalPlan().renew_at(signed, received) == pytest.approx(received + 4.0)
+    assert RenewalPlan().renew_at(signed) < received  # what counting from not_before gives
 
 
 async def test_retries_close_to_expiry_come_faster_than_the_backoff() -> None:
