@@ -17,6 +17,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from control.api.agents import install_agents
 from control.api.alerts import install_alerts
 from control.api.auth import AuthError, Tokens
 from control.api.certs import install_ca
@@ -221,4 +222,5 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     install_rollouts(app, cp, settings.tick)
     install_alerts(app)
+    install_agents(app, cp, max(settings.tick, 0.5))
     return app

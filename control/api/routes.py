@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from control.api import alerts, certs, rollouts
+from control.api import agents, alerts, certs, rollouts
 from control.api import models as m
 from control.api.auth import Principal
 from control.api.operation import (
@@ -367,4 +367,5 @@ OPERATIONS: list[Operation] = [
     ),
     *rollouts.OPERATIONS,
     *alerts.OPERATIONS,
+    *agents.OPERATIONS,
 ]
