@@ -25,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from bench import configs
+from bench import mtls as mtls_bench
 from bench.chain import Part, probe_chain
 from bench.procs import ProcessError, ProcessGroup, tree_rss_kib
 from bench.report import Sample, format_table, summarize
@@ -37,6 +38,7 @@ from bench.targets import (
     start_meshproxy,
     start_nginx,
     start_origin,
+    start_two_hops,
 )
 from bench.wrk import WrkError, WrkResult, run_wrk, wrk_command
 
@@ -50,6 +52,8 @@ TARGETS = [
     "meshproxy-rr3",
     "meshproxy-lr3",
     "meshproxy-policy",
+    "meshproxy-2hop",
+    "meshproxy-2hop-mtls",
 ]
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
@@ -82,7 +86,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _starters(run: Run, origin: Target) -> dict[str, Callable[[], Target]]:
+def _starters(
+    run: Run, origin: Target, handshake: dict[str, Any]
+) -> dict[str, Callable[[], Target]]:
     def mesh(name: str, chain: configs.PolicyChain | None, note: str) -> Callable[[], Target]:
         return lambda: start_meshproxy(
             run, name, configs.meshproxy_bootstrap(run.origin_ports, chain), note
@@ -93,6 +99,15 @@ def _starters(run: Run, origin: Target) -> dict[str, Callable[[], Target]]:
             run, name, configs.routing_bootstrap(run.origin_ports, kind), note
         )[0]
 
+    def two_hops(name: str, mtls: bool) -> Callable[[], Target]:
+        def start() -> Target:
+            first, second, files = start_two_hops(run, name, mtls)
+            if mtls:  # where the handshake rate is measured after the rounds
+                handshake.update(port=second.port, files=files)
+            return first
+
+        return start
+
     return {
         "direct": lambda: start_direct(run, origin),
         "haproxy": lambda: start_haproxy(run),
@@ -102,9 +117,15 @@ def _starters(run: Run, origin: Target) -> dict[str, Callable[[], Target]]:
         "meshproxy-split": routed("meshproxy-split", "split", "90/10 split route"),
         "meshproxy-rr3": routed("meshproxy-rr3", "round_robin", "round robin, 3 origins"),
         "meshproxy-lr3": routed("meshproxy-lr3", "least_request", "least request, 3 origins"),
-        "meshproxy-policy": mesh(
-            "meshproxy-policy", configs.PolicyChain(), "rate limit + authz + 90/10 split"
-        ),
+        "meshproxy-policy": lambda: start_meshproxy(
+            run,
+            "meshproxy-policy",
+            configs.meshproxy_bootstrap(run.origin_ports, configs.PolicyChain()),
+            "rate limit + authz, inbound listener",
+            listener="inbound",
+        )[0],
+        "meshproxy-2hop": two_hops("meshproxy-2hop", mtls=False),
+        "meshproxy-2hop-mtls": two_hops("meshproxy-2hop-mtls", mtls=True),
     }
 
 
@@ -128,7 +149,8 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dict[str, Any]:
     origin, ports = start_origin(group, workdir, args.origin)
     run = Run(group, workdir, ports)
-    starters = _starters(run, origin)
+    handshake: dict[str, Any] = {}
+    starters = _starters(run, origin, handshake)
     targets: list[Target] = []
     unavailable: dict[str, str] = {}
     chain: list[Part] = []
@@ -164,9 +186,22 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
                     line += f" ({outcome.non_2xx} non-2xx, {outcome.socket_errors} socket errors)"
             print(f"  round {rnd}/{args.rounds} {target.name}: {line}", file=sys.stderr)
 
+    handshakes = None
+    if handshake:
+        rate, failed = mtls_bench.handshake_rate(
+            handshake["port"], handshake["files"], configs.SERVICE, args.duration
+        )
+        handshakes = {"per_s": round(rate, 1), "failed": failed, "duration_s": args.duration}
+        print(f"  mTLS handshakes into the second hop: {rate:,.0f}/s", file=sys.stderr)
+
     rows = summarize(samples, [t.name for t in targets])
     print()
     print(format_table(rows))
+    if handshakes is not None:
+        print(
+            f"mTLS handshakes (new connections, one request each) into the second hop: "
+            f"{handshakes['per_s']:,.0f}/s, {handshakes['failed']} failed (client on the same cores)"
+        )
     for name, why in unavailable.items():
         print(f"  {name}: not measured: {why}")
     if chain:
@@ -184,6 +219,7 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
         },
         "targets": {t.name: {"url": t.url, "note": t.note} for t in targets},
         "unavailable": unavailable,
+        "mtls_handshakes": handshakes,
         "policy_chain": [
             {"part": p.name, "active": p.active, "evidence": p.evidence} for p in chain
         ],

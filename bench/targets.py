@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import configs
+from bench import mtls as mtls_bench
 from bench.procs import ProcessError, ProcessGroup, free_port, wait_log, wait_port
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -111,9 +112,10 @@ def start_aiohttp(run: Run) -> Target:
 
 
 def start_meshproxy(
-    run: Run, name: str, bootstrap: dict[str, Any], note: str = ""
+    run: Run, name: str, bootstrap: dict[str, Any], note: str = "", listener: str = "outbound"
 ) -> tuple[Target, int]:
-    """A sidecar (one worker) on OS-chosen ports; returns the target and its admin port."""
+    """A sidecar (one worker) on OS-chosen ports; returns the target (its
+    ``listener``) and its admin port."""
     cfg = run.workdir / f"{name}.yaml"
     cfg.write_text(configs.to_yaml(bootstrap))
     log = run.workdir / f"{name}.log"
@@ -121,10 +123,30 @@ def start_meshproxy(
     proc = run.group.start(argv, log)
     listening = wait_log(log, _LISTENING, proc)
     admin = wait_log(log, _ADMIN, proc)
-    port = next(int(m.group(2)) for m in listening if m.group(1) == "outbound")
+    port = next(int(m.group(2)) for m in listening if m.group(1) == listener)
     admin_port = int(admin[0].group(1))
     _wait_ready(admin_port, proc.poll)
     return Target(name, port, proc.pid, note), admin_port
+
+
+def start_two_hops(run: Run, name: str, mtls: bool) -> tuple[Target, Target, dict[str, str]]:
+    """Two sidecars in series: the first's outbound listener (the target) calls
+    the second's inbound listener in front of the origin, over STRICT mTLS when
+    ``mtls``.  Returns (first hop, second hop's inbound, client TLS files)."""
+    files = (
+        mtls_bench.write_identities(run.workdir, [configs.SERVICE, "bench-client"]) if mtls else {}
+    )
+    second, _ = start_meshproxy(
+        run,
+        f"{name}-inbound",
+        configs.inbound_bootstrap(run.origin_ports[0], files.get(configs.SERVICE)),
+        listener="inbound",
+    )
+    note = "two sidecars in series, " + ("STRICT mTLS between them" if mtls else "plaintext")
+    first, _ = start_meshproxy(
+        run, name, configs.outbound_hop_bootstrap(second.port, files.get("bench-client")), note
+    )
+    return first, second, files.get("bench-client", {})
 
 
 def _wait_ready(admin_port: int, exited: Callable[[], int | None], timeout_s: float = 10.0) -> None:
