@@ -117,13 +117,9 @@ def _starters(
         "meshproxy-split": routed("meshproxy-split", "split", "90/10 split route"),
         "meshproxy-rr3": routed("meshproxy-rr3", "round_robin", "round robin, 3 origins"),
         "meshproxy-lr3": routed("meshproxy-lr3", "least_request", "least request, 3 origins"),
-        "meshproxy-policy": lambda: start_meshproxy(
-            run,
-            "meshproxy-policy",
-            configs.meshproxy_bootstrap(run.origin_ports, configs.PolicyChain()),
-            "rate limit + authz, inbound listener",
-            listener="inbound",
-        )[0],
+        "meshproxy-policy": mesh(
+            "meshproxy-policy", configs.PolicyChain(), "rate limit + authz + 90/10 split"
+        ),
         "meshproxy-2hop": two_hops("meshproxy-2hop", mtls=False),
         "meshproxy-2hop-mtls": two_hops("meshproxy-2hop-mtls", mtls=True),
     }
@@ -199,8 +195,9 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
     print(format_table(rows))
     if handshakes is not None:
         print(
-            f"mTLS handshakes (new connections, one request each) into the second hop: "
-            f"{handshakes['per_s']:,.0f}/s, {handshakes['failed']} failed (client on the same cores)"
+            "mTLS handshakes (new connections, one request each) into the second hop: "
+            f"{handshakes['per_s']:,.0f}/s, {handshakes['failed']} failed "
+            "(the client runs on the same cores)"
         )
     for name, why in unavailable.items():
         print(f"  {name}: not measured: {why}")
