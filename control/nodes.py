@@ -43,10 +43,19 @@ from control.scheduler import (
 from meshproxy.config.types import parse_duration
 
 Name = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+
+
+def _seconds(value: object) -> object:
+    # A number is seconds (what the API answers), so an answer can be put back as is.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return parse_duration(value)
+
+
 # Seconds in, "6s" or 6 accepted; answered as a number of seconds.
 Seconds = Annotated[
     float,
-    BeforeValidator(parse_duration),
+    BeforeValidator(_seconds),
     PlainSerializer(float, return_type=float),
     WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "string"}], "description": "e.g. 6s"}),
 ]
@@ -95,6 +104,9 @@ class ServiceSpec(_Model):
     port_env: str = Field(default="PORT", description="env var that carries the allocated port")
     cpu: str = Field(default="100m", description="CPU request and limit, e.g. 250m")
     memory: str = Field(default="128Mi", description="memory request and limit, e.g. 256Mi")
+    cpu_seconds: int | None = Field(
+        default=None, ge=1, description="RLIMIT_CPU budget, on nodes without cgroups v2"
+    )
     labels: dict[str, str] = {}
     min_replicas: int = Field(default=1, ge=0, le=1000)
     max_replicas: int = Field(default=10, ge=1, le=1000)
