@@ -1,11 +1,13 @@
 """Which parts of the policy chain the sidecar under test actually enforces.
 
-The policy target's config asks for a rate limit, an allow rule and a 90/10
-split; a sidecar that does not implement one of them would still be measured,
+The policy target's config asks for a rate limit and an allow rule on the
+inbound listener of the origin's sidecar (where a service's policies are
+enforced); a sidecar that does not apply one of them would still be measured,
 and the table would lie.  So each part is checked by its effect before the
-load starts: the split by the share of answers from the v2 origin port, the
-rate limit and the access rule by a short-lived sidecar whose config makes
-them bite (429 at one request per second, 403 for a deny-all rule).
+load starts, through the same kind of listener: a short-lived sidecar whose
+config makes it bite (429 at one request per second, 403 for a deny-all rule).
+``probe_split`` checks a 90/10 split by the share of answers from the v2
+origin port.
 """
 
 from __future__ import annotations
@@ -66,15 +68,13 @@ def probe_split(outbound_port: int) -> Part:
     return judge_split([sub for _, sub in answers], [status for status, _ in answers])
 
 
-def probe_chain(run: Run, outbound_port: int) -> list[Part]:
-    """Probe the policy target (already running on ``outbound_port``) for the
-    split, and two throw-away sidecars for the rate limit and the access rule."""
-    parts = [
+def probe_chain(run: Run, port: int) -> list[Part]:
+    """Probe two throw-away sidecars configured like the policy target (which
+    runs on ``port``) for the rate limit and the access rule."""
+    return [
         _probe_sidecar(run, "rate limit", configs.rate_limit_probe_bootstrap, 5, judge_rate_limit),
         _probe_sidecar(run, "authz", configs.authz_probe_bootstrap, 1, judge_authz),
     ]
-    parts.append(probe_split(outbound_port))
-    return parts
 
 
 def _probe_sidecar(
@@ -86,7 +86,7 @@ def _probe_sidecar(
 ) -> Part:
     try:
         target, _ = start_meshproxy(
-            run, "probe-" + label.replace(" ", "-"), bootstrap(run.origin_ports)
+            run, "probe-" + label.replace(" ", "-"), bootstrap(run.origin_ports), listener="inbound"
         )
     except ProcessError as exc:
         return Part(label, None, f"probe sidecar did not start: {exc}")

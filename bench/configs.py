@@ -97,9 +97,12 @@ backend origin
 
 @dataclass(frozen=True, slots=True)
 class PolicyChain:
-    """The optional parts of the policy-chain target.  The 90/10 split is always
-    there; a rate limit that is never reached and an allow rule that admits every
-    GET are added when asked for."""
+    """The parts of the policy-chain target: a rate limit that is never reached
+    and an allow rule that admits every GET.  A service's policies are enforced
+    by its own sidecar, on the inbound listener in front of it (server side, as
+    Istio does), so that is where this target takes the load.  A weighted split
+    is a route of the caller's sidecar: the ``meshproxy-split`` target measures
+    it."""
 
     rate_limit: bool = True
     authz: bool = True
@@ -108,36 +111,13 @@ class PolicyChain:
 def meshproxy_bootstrap(
     origin_ports: tuple[int, ...], chain: PolicyChain | None = None
 ) -> dict[str, Any]:
-    """A sidecar with one outbound listener on an OS-chosen port.  Without
-    ``chain``: the default config, one endpoint and no route table.  With it: two
-    endpoints labelled v1/v2 (the first two origin ports) split 90/10."""
-    if chain is None:
-        service: dict[str, Any] = {"endpoints": [_endpoint(origin_ports[0], None)]}
-        snapshot: dict[str, Any] = {"services": {SERVICE: service}}
-    else:
-        v1, v2 = origin_ports[0], origin_ports[1]
-        snapshot = {
-            "services": {SERVICE: {"endpoints": [_endpoint(v1, "v1"), _endpoint(v2, "v2")]}},
-            "routes": [
-                {
-                    "service": SERVICE,
-                    "rules": [
-                        {
-                            "match": [{"path": {"prefix": "/"}}],
-                            "backends": [
-                                {"subset": "v1", "weight": 90},
-                                {"subset": "v2", "weight": 10},
-                            ],
-                        }
-                    ],
-                }
-            ],
-            "policies": [_policy(chain)],
-        }
-        if chain.authz:
-            snapshot["access"] = [
-                {"service": SERVICE, "action": "allow", "rules": [{"to": {"methods": ["GET"]}}]}
-            ]
+    """Without ``chain``: a sidecar with one outbound listener on an OS-chosen
+    port, the default config, one endpoint and no route table.  With it:
+    ``policy_bootstrap`` in front of the first origin port."""
+    if chain is not None:
+        return policy_bootstrap(origin_ports[0], chain)
+    service: dict[str, Any] = {"endpoints": [_endpoint(origin_ports[0], None)]}
+    snapshot: dict[str, Any] = {"services": {SERVICE: service}}
     return {
         "node": {"id": "bench-1", "service": "bench-client"},
         "admin": {"address": "127.0.0.1", "port": 0},
@@ -187,6 +167,31 @@ def routing_bootstrap(origin_ports: tuple[int, ...], kind: str) -> dict[str, Any
     return boot
 
 
+def policy_bootstrap(origin_port: int, chain: PolicyChain) -> dict[str, Any]:
+    """The origin's own sidecar: one inbound listener (named ``inbound``) in
+    front of ``origin_port``, with the service policy and access rule of
+    ``chain``."""
+    snapshot: dict[str, Any] = {"policies": [_policy(chain)]}
+    if chain.authz:
+        snapshot["access"] = [
+            {"service": SERVICE, "action": "allow", "rules": [{"to": {"methods": ["GET"]}}]}
+        ]
+    return {
+        "node": {"id": "bench-policy", "service": SERVICE},
+        "admin": {"address": "127.0.0.1", "port": 0},
+        "listeners": [
+            {
+                "name": "inbound",
+                "direction": "inbound",
+                "address": "127.0.0.1",
+                "port": 0,
+                "local_app": f"127.0.0.1:{origin_port}",
+            }
+        ],
+        "snapshot": snapshot,
+    }
+
+
 def _endpoint(port: int, version: str | None) -> dict[str, Any]:
     endpoint: dict[str, Any] = {"address": "127.0.0.1", "port": port}
     if version is not None:
@@ -195,10 +200,7 @@ def _endpoint(port: int, version: str | None) -> dict[str, Any]:
 
 
 def _policy(chain: PolicyChain) -> dict[str, Any]:
-    policy: dict[str, Any] = {
-        "service": SERVICE,
-        "subsets": {"v1": {"labels": {"version": "v1"}}, "v2": {"labels": {"version": "v2"}}},
-    }
+    policy: dict[str, Any] = {"service": SERVICE}
     if chain.rate_limit:
         # Far above what one core can serve: the filter runs, the limit never bites.
         policy["rate_limits"] = [

@@ -117,9 +117,13 @@ def _starters(
         "meshproxy-split": routed("meshproxy-split", "split", "90/10 split route"),
         "meshproxy-rr3": routed("meshproxy-rr3", "round_robin", "round robin, 3 origins"),
         "meshproxy-lr3": routed("meshproxy-lr3", "least_request", "least request, 3 origins"),
-        "meshproxy-policy": mesh(
-            "meshproxy-policy", configs.PolicyChain(), "rate limit + authz + 90/10 split"
-        ),
+        "meshproxy-policy": lambda: start_meshproxy(
+            run,
+            "meshproxy-policy",
+            configs.meshproxy_bootstrap(run.origin_ports, configs.PolicyChain()),
+            "rate limit + authz, inbound listener",
+            listener="inbound",
+        )[0],
         "meshproxy-2hop": two_hops("meshproxy-2hop", mtls=False),
         "meshproxy-2hop-mtls": two_hops("meshproxy-2hop-mtls", mtls=True),
     }

@@ -52,7 +52,7 @@ from meshproxy.http1.policy import ListenerPolicy
 from meshproxy.observe.exchange import Observer
 from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
 from meshproxy.observe.observer import MeshObserver
-from meshproxy.policy import compile_chain
+from meshproxy.policy import Counters, compile_chain
 from meshproxy.resolve import Resolver
 from meshproxy.security.handshake import InboundListener
 from meshproxy.security.mesh import MeshTLS
@@ -104,6 +104,9 @@ class Runtime:
         self.probes: HealthProbes | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()  # old policy chains being closed
+        # One set of policy counters for every chain, so totals survive snapshots.
+        self.policy_counters = Counters()
+        metrics.watch_policy_events(self.policy_counters.items)
         # mTLS (``security.sidecar``): None while the bootstrap configures no identity.
         self.mesh: MeshTLS | None = None
         self.tls_listeners: list[InboundListener] = []
@@ -145,7 +148,9 @@ class Runtime:
                 continue
             inbound = listener.direction == "inbound"
             service = self.boot.node.service if inbound else None
-            chain = compile_chain(snapshot, service, listener.direction)
+            chain = compile_chain(
+                snapshot, service, listener.direction, counters=self.policy_counters
+            )
             if chain.names:
                 route = "inbound" if listener.local_app else None
                 record = self._metrics.rate_limit_decision

@@ -157,7 +157,9 @@ def run_request_phase(
     )
     result = policy.chain.on_request(rc)
     if result is None:
-        policy.decided(rc, None)
+        record = policy.record
+        if record is not None:
+            record(policy.service, True)
         server.policy = policy
         server.route_request(head, raw, ex, checked, authority, host, rid, now, rc)
         return

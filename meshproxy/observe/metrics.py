@@ -45,7 +45,7 @@ import asyncio
 import os
 import threading
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import (
@@ -261,6 +261,17 @@ class ProxyMetrics:
         # The security room's live counts and what of them is already published.
         self._tls_counts: Mapping[tuple[str, str], int] | None = None
         self._tls_published: dict[tuple[str, str], int] = {}
+        self._policy_events = Counter(
+            "meshproxy_policy_events",
+            "Policy chain events by kind (filter_errors, ratelimit_denied, "
+            "ratelimit_fail_open, ratelimit_redis_errors, authz_denied, jwt_refused, ...) "
+            "and the filter, limit or reason they concern.",
+            ["event", "name"],
+            registry=reg,
+        )
+        # The policy room's counters (``policy.Counters.items``), read at flush.
+        self._policy_counts: Callable[[], Iterable[tuple[tuple[str, str], int]]] | None = None
+        self._policy_published: dict[tuple[str, str], int] = {}
         self._refused = Counter(
             "meshproxy_config_snapshots_refused",
             "Config snapshots refused whole (the previous one stayed in force).",
@@ -400,6 +411,12 @@ class ProxyMetrics:
         """Register ``security.Refusals.counts``; published at each flush."""
         self._tls_counts = counts
 
+    def watch_policy_events(
+        self, items: Callable[[], Iterable[tuple[tuple[str, str], int]]] | None
+    ) -> None:
+        """Register the policy chains' shared ``Counters.items``; published at each flush."""
+        self._policy_counts = items
+
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1 if ready else 0)
 
@@ -419,6 +436,13 @@ class ProxyMetrics:
             self._log_dropped.flush()
             if self._tls_counts is not None:
                 self._flush_tls_refusals(self._tls_counts)
+            if self._policy_counts is not None:
+                published = self._policy_published
+                for key, value in self._policy_counts():
+                    delta = value - published.get(key, 0)
+                    if delta > 0:
+                        self._policy_events.labels(*key).inc(delta)
+                        published[key] = value
             if self._process_gauges:
                 for family in self._process.collect():
                     gauge = self._process_gauges.get(family.name)

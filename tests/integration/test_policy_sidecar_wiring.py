@@ -158,7 +158,7 @@ async def test_the_path_authz_checked_is_the_path_forwarded(
     assert [r.raw.split(b" ")[1] for r in origin.requests] == [b"/ratings/1?q=/../a", b"/ratings/1"]
 
 
-async def test_rate_limit_decisions_and_refusal_flags_reach_the_metrics(
+async def test_rate_limit_decisions_policy_events_and_refusal_flags_reach_the_metrics(
     origin: Origin, proxies: StartProxy
 ) -> None:
     limits = [{"key": "client_address", "requests_per_second": 1, "burst": 1}]
@@ -174,6 +174,8 @@ async def test_rate_limit_decisions_and_refusal_flags_reach_the_metrics(
     wanted = [
         'meshproxy_rate_limit_decisions_total{decision="allowed",service="ratings"} 1.0',
         'meshproxy_rate_limit_decisions_total{decision="limited",service="ratings"} 2.0',
+        'meshproxy_policy_events_total{event="authz_denied",name="deny_policy"} 1.0',
+        'meshproxy_policy_events_total{event="ratelimit_denied",name="client_address"} 2.0',
     ]
     async with aiohttp.ClientSession() as session, asyncio.timeout(10):
         while True:

@@ -20,17 +20,18 @@ def test_default_sidecar_config_has_one_endpoint_and_no_route_table() -> None:
     assert boot.snapshot.access == []
 
 
-def test_policy_config_splits_90_10_over_two_labelled_ports() -> None:
+def test_policy_config_is_the_origins_own_sidecar_where_policies_are_enforced() -> None:
     raw = configs.meshproxy_bootstrap(PORTS, configs.PolicyChain())
     boot = parse_bootstrap(configs.to_yaml(raw), "bench")
-    endpoints = boot.snapshot.services[configs.SERVICE].endpoints
-    assert [(e.port, e.labels["version"]) for e in endpoints] == [(9001, "v1"), (9002, "v2")]
-    (rule,) = boot.snapshot.routes[0].rules
-    assert [(b.subset, b.weight) for b in rule.backends] == [("v1", 90), ("v2", 10)]
+    assert boot.node.service == configs.SERVICE
+    (listener,) = boot.listeners
+    assert (listener.name, listener.direction) == ("inbound", "inbound")
+    assert listener.local_app == "127.0.0.1:9001"
     (policy,) = boot.snapshot.policies
-    assert set(policy.subsets) == {"v1", "v2"}
+    assert policy.service == configs.SERVICE
     assert policy.rate_limits[0].requests_per_second >= 1_000_000  # never reached
-    assert boot.snapshot.access[0].action == "allow"
+    (access,) = boot.snapshot.access
+    assert (access.service, access.action) == (configs.SERVICE, "allow")
 
 
 def test_policy_parts_can_be_left_out() -> None:
