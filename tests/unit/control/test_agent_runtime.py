@@ -124,6 +124,7 @@ async def until(check: Callable[[], Awaitable[Any]], seconds: float = 30.0) -> A
     raise AssertionError("condition not reached in time")
 
 
+@pytest.mark.integration
 async def test_agent_runs_restarts_and_stops_an_instance(
     control: TestClient[Any, Any], tmp_path: Path
 ) -> None:
