@@ -8,6 +8,10 @@
 * ``POST /v1/agent/status``: the agent's ACK of an index, its heartbeat, and the
   state and load counters of its instances.
 
+A spec's ``env`` may carry secrets: only write tokens see its values (agents hold
+one, which is also why the assignments long-poll needs write scope); a read token
+sees the names with the values hidden.
+
 The loop (``install_agents``) runs ``Reconciler.step`` every ``tick`` and records
 its decisions in the decisions log (``GET /v1/decisions``, sources ``autoscaler``
 and ``scheduler``).  Specs and nodes are held in memory: after a restart the agents
@@ -120,6 +124,16 @@ def _instances(agents: Agents, assigned: list[Assignment]) -> list[InstanceView]
     ]
 
 
+HIDDEN = "(hidden)"
+
+
+def _spec_view(agents: Agents, service: str, spec: ServiceSpec, who: Principal) -> SpecView:
+    if "write" not in who.scopes:
+        spec = spec.model_copy(update={"env": dict.fromkeys(spec.env, HIDDEN)})
+    assigned = _instances(agents, agents.book.instances_of(service))
+    return SpecView(service=service, spec=spec, instances=assigned)
+
+
 def _node_error(exc: NodeError, field: str) -> StateError:
     return StateError([(field, str(exc))])
 
@@ -131,13 +145,7 @@ async def put_spec(request: web.Request, cp: ControlPlane, who: Principal) -> we
     agents = request.app[AGENTS]
     agents.reconciler.set_spec(service, spec)
     agents.wake()
-    return reply(
-        SpecView(
-            service=service,
-            spec=spec,
-            instances=_instances(agents, agents.book.instances_of(service)),
-        )
-    )
+    return reply(_spec_view(agents, service, spec, who))
 
 
 async def get_spec(request: web.Request, cp: ControlPlane, who: Principal) -> web.Response:
@@ -146,13 +154,7 @@ async def get_spec(request: web.Request, cp: ControlPlane, who: Principal) -> we
     spec = agents.reconciler.specs.get(service)
     if spec is None:
         raise NotFound(f"no spec for service {service!r}")
-    return reply(
-        SpecView(
-            service=service,
-            spec=spec,
-            instances=_instances(agents, agents.book.instances_of(service)),
-        )
-    )
+    return reply(_spec_view(agents, service, spec, who))
 
 
 async def delete_spec(request: web.Request, cp: ControlPlane, who: Principal) -> web.Response:
@@ -323,7 +325,7 @@ OPERATIONS: list[Operation] = [
     Operation(
         "GET",
         "/v1/agent/assignments",
-        "read",
+        "write",
         "Long-poll of a node agent: the instances its node should run",
         assignments,
         response=Assignments,

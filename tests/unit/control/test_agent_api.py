@@ -17,6 +17,7 @@ from control.settings import ControlSettings
 from control.store.sqlite import SQLiteStore
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
+READER = {"Authorization": "Bearer read-secret"}
 SPEC = {
     "command": ["python", "-m", "app"],
     "env": {"MODE": "test"},
@@ -31,7 +32,9 @@ NODE = {"id": "n1", "cpu": "2000m", "memory": "2Gi", "zone": "a", "labels": {"di
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = ControlSettings(admin_token="admin-secret", data_dir=tmp_path, tick=0.02)
+    settings = ControlSettings(
+        admin_token="admin-secret", read_token="read-secret", data_dir=tmp_path, tick=0.02
+    )
     app = build_app(settings, SQLiteStore(tmp_path / "m.db"))
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
@@ -49,6 +52,15 @@ async def test_spec_round_trips_and_refuses_bad_fields(client: TestClient[Any, A
     assert got["spec"]["autoscaling"]["stable_window"] == 6.0
     unauthorized = await client.put("/v1/services/ratings/spec", json=SPEC)
     assert unauthorized.status == 401
+
+
+async def test_env_values_are_hidden_from_read_tokens(client: TestClient[Any, Any]) -> None:
+    await client.put("/v1/services/ratings/spec", json=SPEC, headers=ADMIN)
+    seen = await (await client.get("/v1/services/ratings/spec", headers=READER)).json()
+    assert seen["spec"]["env"] == {"MODE": "(hidden)"}
+    await client.post("/v1/nodes", json=NODE, headers=ADMIN)
+    # The assignments carry the env as is, so only write tokens (agents) may poll them.
+    assert (await client.get("/v1/agent/assignments?node=n1", headers=READER)).status == 403
 
 
 async def test_agent_receives_placements_and_its_status_acks_them(
