@@ -116,16 +116,25 @@ class Reconciler:
             decisions.extend(self._scale(service, spec, now, wall, floors.get(service)))
         return decisions
 
-    def _scale(
-        self, service: str, spec: ServiceSpec, now: float, wall: float, floor: int | None
-    ) -> list[Decision]:
-        running = self.book.instances_of(service)
-        current = len(running)
+    def recommend(
+        self, service: str, now: float, current: int, floor: int | None = None
+    ) -> tuple[int, str]:
+        """The autoscaler's count for ``service`` given ``current``, raised to a firing
+        alert's floor, and why; also what an external executor (Kubernetes) applies."""
+        spec = self.specs[service]
         verdict = self.autoscalers[service].evaluate(now, current)
         desired, reason = verdict.desired, verdict.reason
         if floor is not None and desired < min(floor, spec.max_replicas):
             desired = min(floor, spec.max_replicas)
             reason = f"{reason}; held at the alert floor {desired}"
+        return desired, reason
+
+    def _scale(
+        self, service: str, spec: ServiceSpec, now: float, wall: float, floor: int | None
+    ) -> list[Decision]:
+        running = self.book.instances_of(service)
+        current = len(running)
+        desired, reason = self.recommend(service, now, current, floor)
         if desired == current:
             return []
         decisions = [

@@ -26,6 +26,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from control.decisions import Decision
+from control.reconcile import Reconciler
+
 Kind = Literal["deployment", "statefulset"]
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = 10.0
@@ -130,6 +133,44 @@ class KubernetesExecutor:
 
     async def scale(self, service: str, replicas: int) -> Scale:
         return await asyncio.to_thread(self.scale_sync, service, replicas)
+
+
+class KubernetesScaling:
+    """The reconcile step on a cluster: for each service with a spec, the autoscaler's
+    count (``Reconciler.recommend``, current = the Scale's ``spec.replicas`` as the
+    HPA takes it) is written through the scale subresource.  Placement is the
+    cluster's; the load must reach the reconciler's autoscalers from elsewhere
+    (Prometheus: ``autoscaler.samples_from_prometheus``).  A failing call is recorded
+    once until it changes, not every step."""
+
+    def __init__(self, executor: KubernetesExecutor, reconciler: Reconciler) -> None:
+        self.executor = executor
+        self.reconciler = reconciler
+        self._failing: dict[str, str] = {}
+
+    async def step(
+        self, now: float, wall: float, floors: Mapping[str, int] | None = None
+    ) -> list[Decision]:
+        decisions: list[Decision] = []
+        for service in sorted(self.reconciler.specs):
+            try:
+                scale = await self.executor.read(service)
+                floor = (floors or {}).get(service)
+                desired, reason = self.reconciler.recommend(service, now, scale.desired, floor)
+                if desired != scale.desired:
+                    await self.executor.scale(service, desired)
+                    decisions.append(
+                        Decision(wall, "autoscaler", service, "scale",
+                                 f"{scale.desired} -> {desired}: {reason}", "kubernetes")
+                    )  # fmt: skip
+                self._failing.pop(service, None)
+            except ExecutorError as exc:
+                if self._failing.get(service) != str(exc):
+                    self._failing[service] = str(exc)
+                    decisions.append(
+                        Decision(wall, "kubernetes", service, "error", str(exc), "kubernetes")
+                    )
+        return decisions
 
 
 def _scale(found: client.V1Scale, name: str, namespace: str) -> Scale:

@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from control.executors.kubernetes import ExecutorError, KubernetesExecutor
+from control.executors.kubernetes import ExecutorError, KubernetesExecutor, KubernetesScaling
+from control.nodes import NodeBook, ServiceSpec
+from control.reconcile import Reconciler
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "k8s"
 BASE = "/apis/apps/v1/namespaces/mesh"
@@ -155,3 +157,57 @@ def test_negative_replicas_are_refused_before_any_call(api: FakeApiServer) -> No
     with pytest.raises(ValueError, match="negative"):
         executor(api).scale_sync("ratings", -1)
     assert api.sent == []
+
+
+def _reconciler(max_replicas: int = 10) -> Reconciler:
+    rec = Reconciler(NodeBook())
+    spec = ServiceSpec.model_validate(
+        {
+            "command": ["unused on a cluster"],
+            "min_replicas": 1,
+            "max_replicas": max_replicas,
+            "autoscaling": {"target": 5, "stable_window": "6s"},
+        }
+    )
+    rec.set_spec("ratings", spec)
+    return rec
+
+
+async def test_cluster_step_writes_the_autoscalers_count_and_records_it(
+    api: FakeApiServer,
+) -> None:
+    path = f"{BASE}/deployments/ratings/scale"
+    api.routes[("GET", path)] = (200, "deployment-scale.json")  # spec.replicas 2
+    api.routes[("PATCH", path)] = (200, "deployment-scale-patched.json")
+    rec = _reconciler()
+    for second in range(3):  # 25 in flight over the pods: 5 pods at target 5
+        rec.autoscalers["ratings"].observe(float(second), "pod-a", 25.0)
+    made = await KubernetesScaling(executor(api), rec).step(2.5, 1000.0)
+    assert [(d.source, d.action, d.actor) for d in made] == [("autoscaler", "scale", "kubernetes")]
+    assert made[0].reason.startswith("2 -> 5")
+    assert api.sent[-1].body == {"spec": {"replicas": 5}}
+
+
+async def test_cluster_step_leaves_a_matching_count_alone(api: FakeApiServer) -> None:
+    path = f"{BASE}/deployments/ratings/scale"
+    api.routes[("GET", path)] = (200, "deployment-scale.json")
+    rec = _reconciler()
+    for second in range(3):  # 10 in flight: 2 pods, as many as run
+        rec.autoscalers["ratings"].observe(float(second), "pod-a", 10.0)
+    assert await KubernetesScaling(executor(api), rec).step(2.5, 1000.0) == []
+    assert [s.method for s in api.sent] == ["GET"]
+
+
+async def test_cluster_step_records_a_refusal_once(api: FakeApiServer) -> None:
+    path = f"{BASE}/deployments/ratings/scale"
+    api.routes[("GET", path)] = (200, "deployment-scale.json")
+    api.routes[("PATCH", path)] = (403, "forbidden.json")
+    rec = _reconciler()
+    scaling = KubernetesScaling(executor(api), rec)
+    for second in range(3):
+        rec.autoscalers["ratings"].observe(float(second), "pod-a", 25.0)
+    first = await scaling.step(2.5, 1000.0)
+    again = await scaling.step(3.0, 1000.5)
+    assert [(d.source, d.action) for d in first] == [("kubernetes", "error")]
+    assert "403" in first[0].reason and "cannot patch" in first[0].reason
+    assert again == []
