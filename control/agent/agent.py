@@ -4,7 +4,8 @@ Three loops share one ``Agent``:
 
 * the long-poll of ``GET /v1/agent/assignments``: each answer is applied at once
   (new instances started, removed ones stopped with a drain, in the background);
-  a 404 means the control plane forgot the node (restart, lapse): register again;
+  a 404 means the control plane forgot the node (restart, lapse): register again
+  (so does a 404 to a status report);
 * the report loop: every ``report_every`` seconds (and right after an answer was
   applied) scrape each instance's sidecar and ``POST /v1/agent/status`` with the
   index applied, which is the ACK, the heartbeat and the load report at once;
@@ -150,5 +151,9 @@ class Agent:
             try:
                 await self.channel.report(self.status())
             except ChannelError as exc:
-                if exc.status != 404:  # 404: the poll loop registers again
+                if exc.status == 404:
+                    # The control plane forgot the node (restart, lapse); registering
+                    # wakes the long-poll, which then learns the node's assignments.
+                    await self._register()
+                else:
                     log.warning("status report failed: %s", exc)

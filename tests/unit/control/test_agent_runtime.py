@@ -24,6 +24,7 @@ from control.agent.backoff import Backoff
 from control.agent.channel import Channel
 from control.agent.limits import Cgroups, Limits, Request, own_cgroup
 from control.agent.runner import inbound_load
+from control.api.agents import AGENTS
 from control.app import build_app
 from control.nodes import NodeRegistration
 from control.settings import ControlSettings
@@ -201,3 +202,35 @@ def _healthy(services: dict[str, Any], name: str) -> int:
         if service["name"] == name:
             return int(service["healthy"])
     return 0
+
+
+async def test_agent_registers_again_when_its_node_lapsed(
+    control: TestClient[Any, Any], tmp_path: Path
+) -> None:
+    url = str(control.make_url("")).rstrip("/")
+    registration = NodeRegistration(id="n1", cpu="1000m", memory="1Gi")
+    book = control.app[AGENTS].book
+    async with aiohttp.ClientSession() as session:
+        agent = Agent(
+            Channel(session, url, "admin-secret"),
+            registration,
+            tmp_path / "agent",
+            limits=Limits(None),
+            report_every=0.1,
+        )
+        task = asyncio.create_task(agent.run(session))
+        try:
+            await until(lambda: _node(control))
+            first = book.nodes["n1"].registered
+            # As if the agent had been silent for longer than the node TTL.
+            book.lapse(book.nodes["n1"].last_seen + 1000.0, 15.0)
+            assert book.nodes["n1"].down
+
+            async def back() -> bool:
+                record = book.nodes["n1"]
+                return not record.down and record.registered > first
+
+            await until(back, 10.0)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
