@@ -54,13 +54,16 @@ class Cgroups:
         self.base = base
 
     @classmethod
-    def detect(cls, root: Path = CGROUP_ROOT) -> Cgroups | None:
+    def detect(cls, root: Path = CGROUP_ROOT, membership: str | None = None) -> Cgroups | None:
         """A usable subtree, or None when the node is not cgroups v2 or does not
-        delegate cpu and memory control to us."""
+        delegate cpu and memory control to us.  ``membership`` stands for the text
+        of /proc/self/cgroup."""
         try:
             if not (root / "cgroup.controllers").is_file():
                 return None
-            path = own_cgroup(Path("/proc/self/cgroup").read_text())
+            if membership is None:
+                membership = Path("/proc/self/cgroup").read_text()
+            path = own_cgroup(membership)
             if path is None:
                 return None
             mine = root / path.lstrip("/")
@@ -100,8 +103,8 @@ class Limits:
         self.cgroups = cgroups
 
     @classmethod
-    def detect(cls, root: Path = CGROUP_ROOT) -> Limits:
-        return cls(Cgroups.detect(root))
+    def detect(cls, root: Path = CGROUP_ROOT, membership: str | None = None) -> Limits:
+        return cls(Cgroups.detect(root, membership))
 
     @property
     def mode(self) -> str:

@@ -89,6 +89,39 @@ def test_cgroup_mode_writes_memory_and_cpu_quota(tmp_path: Path) -> None:
     cgroups.release("ratings-1")
 
 
+def test_delegated_cgroup_v2_subtree_is_used_and_the_child_joins_it(tmp_path: Path) -> None:
+    # A plain directory laid out like a delegated cgroupfs: the agent's group, where
+    # the kernel would list the controllers it may hand down.
+    (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
+    base = tmp_path / "agents" / f"meshcontrol-agent-{os.getpid()}"
+    base.mkdir(parents=True)
+    (base / "cgroup.controllers").write_text("cpu memory\n")
+    limits = Limits.detect(tmp_path, "0::/agents\n")
+    assert limits.mode == "cgroup-v2"
+    assert (base / "cgroup.subtree_control").read_text() == "+cpu +memory"
+    request = Request(cpu_millis=500, memory_bytes=2**27)
+    group = base / "ratings-1"
+    group.mkdir()
+    (group / "cgroup.procs").write_text("")  # cgroupfs has it in every group
+    subprocess.run(
+        [sys.executable, "-c", "pass"],
+        preexec_fn=limits.preexec("ratings-1", request),
+        timeout=30,
+        check=True,
+    )
+    assert (group / "cgroup.procs").read_text() == "0"  # the child wrote itself in
+    assert (group / "cpu.max").read_text() == "50000 100000"
+    assert limits.describe(request) == f"cgroup-v2: memory.max={2**27} cpu=500m"
+
+
+def test_cgroups_without_cpu_and_memory_delegated_fall_back_to_rlimits(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.controllers").write_text("cpu memory\n")
+    base = tmp_path / f"meshcontrol-agent-{os.getpid()}"
+    base.mkdir()
+    (base / "cgroup.controllers").write_text("pids\n")
+    assert Cgroups.detect(tmp_path, "0::/\n") is None
+
+
 def test_backoff_doubles_to_its_cap_and_forgives_a_stable_run() -> None:
     backoff = Backoff(first=0.5, factor=2.0, cap=3.0, stable_after=10.0)
     assert [backoff.crashed(0.0, 1.0) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
