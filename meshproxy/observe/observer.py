@@ -14,6 +14,12 @@ loop and closes it after the drain::
     await observer.close()        # writes queued log lines, exports queued spans
     metrics.close()
 
+The two calls are chosen once, for what is configured: with metrics only
+(the default) ``exchange_done`` IS ``ProxyMetrics.exchange_done`` and
+``exchange_started`` returns a shared empty list (callers never mutate what
+it returns), so an exchange costs the data path no work of ours beyond the
+count.
+
 Tracing: with an exporter configured, ``exchange_started`` reads the caller's
 trace context (W3C or B3), decides sampling (the caller's flag, else the
 configured ratio), gives our span a fresh id and returns the headers that
@@ -48,6 +54,17 @@ log = logging.getLogger("meshproxy")
 
 _getrandbits = random.getrandbits
 
+Fields = list[tuple[bytes, bytes]]
+_NO_FIELDS: Fields = []  # shared: the data path only reads it
+
+
+def _no_fields(exchange: Exchange, headers: Fields) -> Fields:
+    return _NO_FIELDS
+
+
+def _uncounted(exchange: Exchange) -> None:
+    pass
+
 
 def static_version(snapshot: Snapshot) -> str:
     """The version of a snapshot from the bootstrap file: a digest of its content."""
@@ -57,6 +74,10 @@ def static_version(snapshot: Snapshot) -> str:
 
 class MeshObserver:
     """Implements ``observe.exchange.Observer``; one per process."""
+
+    # Bound in __init__ to the cheapest implementation the config allows.
+    exchange_started: Callable[[Exchange, Fields], Fields]
+    exchange_done: Callable[[Exchange], None]
 
     def __init__(
         self,
@@ -79,6 +100,16 @@ class MeshObserver:
         self._formats = tuple(self.config.tracing.propagation)
         self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
         self._trace_errors = 0
+        if tracer is not None:
+            self.exchange_started = self._started_traced
+        elif access_log is not None:
+            self.exchange_started = self._started_logged
+        else:
+            self.exchange_started = _no_fields
+        if tracer is not None or access_log is not None:
+            self.exchange_done = self._done
+        else:
+            self.exchange_done = self._count or _uncounted
 
     @classmethod
     def from_bootstrap(cls, boot: Bootstrap, metrics: ProxyMetrics) -> MeshObserver:
@@ -128,16 +159,15 @@ class MeshObserver:
 
     # -- the data path's calls ----------------------------------------------------
 
-    def exchange_started(
-        self, exchange: Exchange, headers: list[tuple[bytes, bytes]]
-    ) -> list[tuple[bytes, bytes]]:
-        if self.tracer is None:
-            if self._log is not None:
-                caller = extract(headers, self._formats)
-                if caller is not None:
-                    exchange.trace_id = caller.trace_id
-                    exchange.parent_span_id = caller.span_id
-            return []
+    def _started_logged(self, exchange: Exchange, headers: Fields) -> Fields:
+        """No tracer: the access log still shows the caller's trace id."""
+        caller = extract(headers, self._formats)
+        if caller is not None:
+            exchange.trace_id = caller.trace_id
+            exchange.parent_span_id = caller.span_id
+        return _NO_FIELDS
+
+    def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
         caller = extract(headers, self._formats)
         if caller is None:
             # One draw for both ids: 128 bits of trace, 64 of span.
@@ -151,14 +181,14 @@ class MeshObserver:
             parent = caller.span_id
             sampled = self._sampler.decide(caller.sampled)
         if span_id == "0000000000000000" or trace_id == "0" * 32:
-            return self.exchange_started(exchange, headers)  # all-zero ids are invalid
+            return self._started_traced(exchange, headers)  # all-zero ids are invalid
         exchange.trace_id = trace_id
         exchange.span_id = span_id
         exchange.parent_span_id = parent
         exchange.trace_sampled = sampled
         return inject(trace_id, span_id, sampled, parent, self._formats)
 
-    def exchange_done(self, exchange: Exchange) -> None:
+    def _done(self, exchange: Exchange) -> None:
         count = self._count
         if count is not None:
             count(exchange)
