@@ -27,12 +27,12 @@ import yaml
 from aiohttp import ClientError, ClientSession, ClientTimeout
 from prometheus_client.parser import text_string_to_metric_families
 
+from control.agent import sidecar as sidecars
 from control.agent.backoff import Backoff
 from control.agent.channel import Channel, ChannelError
 from control.agent.limits import LimitError, Limits, Request
+from control.agent.sidecar import Sidecar, SidecarError
 from control.nodes import Assignment, InstanceReport, InstanceState, NodeRegistration
-from meshproxy.demo.dynamic import dynamic_bootstrap
-from meshproxy.demo.sidecar import Sidecar, SidecarError, start_sidecar
 
 log = logging.getLogger("meshcontrol.agent")
 REGISTRATION_TTL = "10s"
@@ -151,7 +151,7 @@ class InstanceRunner:
         return InstanceReport(
             id=self.id,
             state=self.state,
-            port=sidecar.ports.get("inbound") if sidecar is not None else None,
+            port=sidecar.inbound_port if sidecar is not None else None,
             app_port=self.app_port,
             registered_as=self.registered_as,
             limits=self.limits.describe(self.request),
@@ -222,18 +222,17 @@ class InstanceRunner:
             )
         async with asyncio.timeout(READY_TIMEOUT):
             await _wait_listening(self.app_port, self.app)
-        config = dynamic_bootstrap(
+        config = sidecars.bootstrap(
             self.id,
             self.assignment.service,
             self.channel.url,
             self.channel.token,
-            0,
-            local_app_port=self.app_port,
-            upstreams=[],
+            self.app_port,
+            self.node.zone,
         )
         path = self.workdir / f"{self.id}.sidecar.yaml"
         path.write_text(yaml.safe_dump(config))
-        self.sidecar = await start_sidecar(path, listeners=("inbound",))
+        self.sidecar = await sidecars.start(path)
         await self._register()
 
     async def _register(self) -> None:
@@ -241,7 +240,7 @@ class InstanceRunner:
         spec = {
             "service": self.assignment.service,
             "address": self.node.address,
-            "port": self.sidecar.ports["inbound"],
+            "port": self.sidecar.inbound_port,
             "labels": {**self.assignment.spec.labels, "node": self.node.id, "instance": self.id},
             "zone": self.node.zone,
             "ttl": REGISTRATION_TTL,
@@ -263,7 +262,8 @@ class InstanceRunner:
                 if app.done():
                     return f"the app exited with {self.app.returncode}"
                 if sidecar.done():
-                    return f"the sidecar exited with {self.sidecar.process.returncode}"
+                    code, tail = self.sidecar.process.returncode, " | ".join(self.sidecar.tail)
+                    return f"the sidecar exited with {code}: {tail[-300:]}"
                 await self._heartbeat()
         finally:
             for waiter in (app, sidecar, stop):
@@ -292,7 +292,7 @@ class InstanceRunner:
             if drain and self.drain_delay > 0:
                 await asyncio.sleep(self.drain_delay)
         if self.sidecar is not None:
-            await self.sidecar.stop(grace_s=self.stop_deadline)
+            await self.sidecar.stop(self.stop_deadline)
             self.sidecar = None
         if self.app is not None:
             await _terminate(self.app, self.stop_deadline)

@@ -24,6 +24,9 @@ from control.agent.backoff import Backoff
 from control.agent.channel import Channel
 from control.agent.limits import Cgroups, Limits, Request, own_cgroup
 from control.agent.runner import inbound_load
+from control.agent.sidecar import SidecarError
+from control.agent.sidecar import bootstrap as sidecar_bootstrap
+from control.agent.sidecar import start as start_sidecar
 from control.api.agents import AGENTS
 from control.app import build_app
 from control.nodes import NodeRegistration
@@ -267,3 +270,17 @@ async def test_agent_registers_again_when_its_node_lapsed(
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+
+def test_sidecar_bootstrap_serves_inbound_only_in_dynamic_mode() -> None:
+    config = sidecar_bootstrap("ratings-1", "ratings", "http://127.0.0.1:1", "t", 8080, "a")
+    assert config["node"] == {"id": "ratings-1", "service": "ratings", "upstreams": [], "zone": "a"}
+    (listener,) = config["listeners"]
+    assert (listener["direction"], listener["local_app"]) == ("inbound", "127.0.0.1:8080")
+    assert "snapshot" not in config
+
+
+@pytest.mark.integration
+async def test_sidecar_that_cannot_start_says_why(tmp_path: Path) -> None:
+    with pytest.raises(SidecarError, match="exited with"):
+        await start_sidecar(tmp_path / "missing.yaml", timeout_s=20)
