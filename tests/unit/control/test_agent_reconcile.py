@@ -202,3 +202,37 @@ def test_reregistering_a_busy_node_with_new_capacity_is_refused() -> None:
     assert [a.id for a in book.assignments("n1")[1]] == ["ratings-1"]
     with pytest.raises(NodeError, match="drain it"):
         book.register(node("n1", cpu="4000m"), 2.0)
+
+
+def test_rps_metric_reads_the_request_counter_rate() -> None:
+    book = NodeBook()
+    book.register(node("n1"), 0.0)
+    rec = Reconciler(book)
+    rec.set_spec("ratings", spec(autoscaling={"metric": "rps", "target": 100, "stable_window": 6}))
+    rec.step(0.0, 0.0)
+    (a,) = book.instances_of("ratings")
+    for t in range(1, 4):
+        agent = AgentReport(
+            node="n1",
+            index=book.assignments("n1")[0],
+            instances=[
+                InstanceReport(id=a.id, state="running", requests=250.0 * t, busy_seconds=0.0)
+            ],
+        )
+        feed(rec, book, agent, float(t))
+    verdict = rec.autoscalers["ratings"].evaluate(3.5, 1)
+    assert verdict.stable_value == pytest.approx(250.0)
+    assert verdict.desired == 3
+
+
+def test_reports_of_unassigned_instances_are_ignored() -> None:
+    book = NodeBook()
+    book.register(node("n1"), 0.0)
+    rec = Reconciler(book)
+    rec.set_spec("ratings", spec())
+    stray = AgentReport(
+        node="n1", index=0, instances=[InstanceReport(id="ghost-9", state="running")]
+    )
+    feed(rec, book, stray, 1.0)
+    assert book.nodes["n1"].reports == {}
+    assert book.report_of("ghost-9") is None
