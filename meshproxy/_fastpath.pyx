@@ -26,6 +26,7 @@ __all__ = [
     "ResponseHead",
     "end_to_end_headers",
     "header_value",
+    "hop_by_hop_fields",
     "is_field_value",
     "is_hop_by_hop",
     "is_token",

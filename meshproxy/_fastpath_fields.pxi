@@ -102,6 +102,28 @@ def is_hop_by_hop(bytes lname, tuple connection):
     return lname in _HOP_BY_HOP or lname in connection
 
 
+cdef inline bint _hop_length(Py_ssize_t size, tuple connection):
+    # The fixed names are 2, 7, 10 and 16-19 bytes long.
+    if size == 2 or size == 7 or size == 10 or 16 <= size <= 19:
+        return True
+    for token in connection:
+        if PyBytes_GET_SIZE(token) == size:
+            return True
+    return False
+
+
+def hop_by_hop_fields(list headers, tuple connection):
+    """The hop-by-hop fields of ``headers`` as (lower-cased name, value), in order."""
+    cdef list out = []
+    cdef bytes name
+    for name, value in headers:
+        if _hop_length(PyBytes_GET_SIZE(name), connection):
+            lname = name.lower()
+            if lname in _HOP_BY_HOP or lname in connection:
+                out.append((lname, value))
+    return out
+
+
 def end_to_end_headers(list headers, tuple connection):
     """``headers`` without the hop-by-hop fields, in their original order."""
     return [(n, v) for n, v in headers if not is_hop_by_hop(n.lower(), connection)]

@@ -95,6 +95,18 @@ def is_hop_by_hop(lname: bytes, connection: tuple[bytes, ...]) -> bool:
     return lname in _HOP_BY_HOP or lname in connection
 
 
+def hop_by_hop_fields(
+    headers: list[tuple[bytes, bytes]], connection: tuple[bytes, ...]
+) -> list[tuple[bytes, bytes]]:
+    """The hop-by-hop fields of ``headers`` as (lower-cased name, value), in order."""
+    out = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in _HOP_BY_HOP or lname in connection:
+            out.append((lname, value))
+    return out
+
+
 def end_to_end_headers(
     headers: list[tuple[bytes, bytes]], connection: tuple[bytes, ...]
 ) -> list[tuple[bytes, bytes]]:

@@ -50,20 +50,8 @@ _PROXY_SET = frozenset({_XFF, _XFP, _XRID, _HOST})
 _REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 # The scans below run on every message: a name whose length matches none of
 # the names sought is skipped without lower-casing it (a copy, then a hash).
-_HOP_LENGTHS = frozenset(len(name) for name in FIXED_HOP_BY_HOP)
 _RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL))
-_drop_lengths: dict[tuple[bytes, ...], frozenset[int]] = {}
-
-
-def _hop_lengths(drop: tuple[bytes, ...]) -> frozenset[int]:
-    """The lengths of the hop-by-hop names of a message whose Connection
-    field lists ``drop`` (cached: servers send the same few lists)."""
-    lengths = _drop_lengths.get(drop)
-    if lengths is None:
-        lengths = _HOP_LENGTHS.union(map(len, drop))
-        if len(_drop_lengths) < 64:
-            _drop_lengths[drop] = lengths
-    return lengths
+_hop_by_hop_fields = fp.hop_by_hop_fields
 
 
 # Request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -248,16 +236,10 @@ def has_hop_by_hop(head: fp.ResponseHead) -> bool:
     A bare ``Connection: keep-alive`` does not count: forwarding it to an
     HTTP/1.1 client we keep alive says nothing false, and sparing the rebuild
     matters because many servers send it on every response."""
-    drop = head.connection
-    lengths = _hop_lengths(drop) if drop else _HOP_LENGTHS
-    for name, value in head.headers:
-        if len(name) not in lengths:
+    for lname, value in _hop_by_hop_fields(head.headers, head.connection):
+        if lname == b"connection" and value.lower() == b"keep-alive":
             continue
-        lname = name.lower()
-        if lname in FIXED_HOP_BY_HOP or lname in drop:
-            if lname == b"connection" and value.lower() == b"keep-alive":
-                continue
-            return True
+        return True
     return False
 
 
