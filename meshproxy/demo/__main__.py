@@ -1,13 +1,17 @@
 """``python -m meshproxy.demo`` (``make demo``): a canary moved by the control plane, live.
 
-Starts ratings v1 and v2 (in this process), a control plane on SQLite and
-sidecars in dynamic mode (``meshproxy.demo.dynamic``); applies a 90/10 canary
-through the API, sends traffic through the client sidecar's outbound port and
-prints the split it observed, then moves the canary to 50/50 and does the same.
-Then it prints the URLs to try and keeps everything running until Ctrl-C (or
-exits at once with ``--once``).  ``--static`` runs the static mode instead:
-one sidecar whose 90/10 route comes from its own config file.  It only drives
-the mesh from outside, like any application or operator would.
+Starts ratings v1, v2 and a broken v3 (in this process), a control plane on
+SQLite and sidecars in dynamic mode (``meshproxy.demo.dynamic``); applies a
+90/10 canary through the API, sends traffic through the client sidecar's
+outbound port and prints the split it observed, then moves the canary to 50/50
+and does the same.  Then, with steady traffic running, a rollout of v2 that the
+control plane promotes step by step, and a rollout of v3 (which answers 500)
+that it rolls back, each step printed with its weight, the traffic it saw and
+the decision's reason (``meshproxy.demo.rollout``).  Then it prints the URLs to
+try and keeps everything running until Ctrl-C (or exits at once with
+``--once``).  ``--static`` runs the static mode instead: one sidecar whose 90/10
+route comes from its own config file.  It only drives the mesh from outside,
+like any application or operator would.
 """
 
 from __future__ import annotations
@@ -19,16 +23,15 @@ import signal
 import sys
 import tempfile
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import uvloop
 import yaml
 
-from meshproxy.demo.dynamic import ControlPlaneError, canary, dynamic_mesh
+from meshproxy.demo.dynamic import ControlPlane, ControlPlaneError, Mesh, canary, dynamic_mesh
 from meshproxy.demo.origin import SERVICE, RunningOrigin, start_origin
+from meshproxy.demo.rollout import follow_rollout, rollout_spec
 from meshproxy.demo.sidecar import (
     ADMIN_PORT,
     OUTBOUND_PORT,
@@ -38,58 +41,11 @@ from meshproxy.demo.sidecar import (
     port_or_any,
     start_sidecar,
 )
+from meshproxy.demo.traffic import SteadyTraffic, Traffic, send_traffic
 
-
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    versions: Counter[str]
-    errors: Counter[str]
-    seconds: float
-
-    @property
-    def answered(self) -> int:
-        return sum(self.versions.values())
-
-    def split_line(self) -> str:
-        total = self.answered or 1
-        shares = ", ".join(
-            f"{v} {self.versions[v] / total:.1%} ({self.versions[v]})"
-            for v in sorted(self.versions.keys() | {"v1", "v2"})
-        )
-        errors = sum(self.errors.values())
-        detail = f" {dict(self.errors)}" if errors else ""
-        return f"split observed: {shares}; errors {errors}{detail}"
-
-
-async def send_traffic(port: int, requests: int, connections: int) -> Traffic:
-    """``requests`` GETs with ``Host: ratings`` over ``connections`` keep-alive
-    connections; counts which version answered."""
-    versions: Counter[str] = Counter()
-    errors: Counter[str] = Counter()
-    url = f"http://127.0.0.1:{port}/ratings/1"
-    connector = aiohttp.TCPConnector(limit=connections, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=10)
-
-    async def worker(session: aiohttp.ClientSession, count: int) -> None:
-        for _ in range(count):
-            try:
-                async with session.get(url, headers={"Host": SERVICE}) as response:
-                    if response.status != 200:
-                        errors[f"status {response.status}"] += 1
-                        await response.read()
-                        continue
-                    body = await response.json()
-                    versions[str(body.get("version"))] += 1
-            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                errors[type(exc).__name__] += 1
-
-    start = time.perf_counter()
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        share, extra = divmod(requests, connections)
-        await asyncio.gather(
-            *(worker(session, share + (1 if i < extra else 0)) for i in range(connections))
-        )
-    return Traffic(versions, errors, time.perf_counter() - start)
+# Bounds on each rollout: 4 steps of 2 s and the promotion need about 10 s.
+GOOD_ROLLOUT_S = 30.0
+BAD_ROLLOUT_S = 20.0
 
 
 async def wait_ready(admin_port: int, sidecar: Sidecar, timeout_s: float = 15.0) -> None:
@@ -132,11 +88,15 @@ async def run(args: argparse.Namespace) -> int:
             origins = [await start_origin("v1"), await start_origin("v2")]
             v1, v2 = origins[0].port, origins[1].port
             print(f"demo: {SERVICE} v1 on 127.0.0.1:{v1}, v2 on 127.0.0.1:{v2}", flush=True)
+            if not args.static:
+                origins.append(await start_origin("v3", status=500))
+                print(f"demo: {SERVICE} v3 on 127.0.0.1:{origins[2].port} (broken: answers 500)")
             outbound = port_or_any(OUTBOUND_PORT) if args.port is None else args.port
             admin = port_or_any(ADMIN_PORT) if args.admin_port is None else args.admin_port
             if args.static:
                 return await run_static(args, Path(tmp), v1, v2, outbound, admin)
-            return await run_dynamic(args, Path(tmp), v1, v2, outbound, admin)
+            apps = {origin.version: origin.port for origin in origins}
+            return await run_dynamic(args, Path(tmp), apps, outbound, admin)
         except (SidecarError, ControlPlaneError) as exc:
             print(f"demo: {exc}", file=sys.stderr)
             return 1
@@ -169,17 +129,18 @@ async def run_static(
 
 
 async def run_dynamic(
-    args: argparse.Namespace, tmp: Path, v1: int, v2: int, outbound: int, admin: int
+    args: argparse.Namespace, tmp: Path, apps: dict[str, int], outbound: int, admin: int
 ) -> int:
-    async with dynamic_mesh(tmp, v1, v2, outbound, admin) as mesh:
+    async with dynamic_mesh(tmp, apps, outbound, admin) as mesh:
         cp = mesh.cp
         print(f"demo: control plane {cp.url} (SQLite in a temporary directory)", flush=True)
         for sidecar in mesh.sidecars:
             await wait_ready(sidecar.admin_port, sidecar)
         client = mesh.client
         print(
-            f"demo: sidecars in dynamic mode: ratings v1 and v2 (inbound), {mesh.client_id} "
-            f"(outbound 127.0.0.1:{client.outbound_port}, admin 127.0.0.1:{client.admin_port})",
+            f"demo: sidecars in dynamic mode: ratings {', '.join(apps)} (inbound), "
+            f"{mesh.client_id} (outbound 127.0.0.1:{client.outbound_port}, "
+            f"admin 127.0.0.1:{client.admin_port})",
             flush=True,
         )
         complete = True
@@ -193,14 +154,74 @@ async def run_dynamic(
             )
             traffic = await measure(args, client)
             complete = complete and traffic.answered == args.requests
+        if not args.no_rollout:
+            complete = await rollouts(mesh) and complete
         print_urls(client)
-        print(
-            f"  curl -H 'Authorization: Bearer {cp.read_token}' {cp.url}/v1/proxies"
-            "   # who runs which version",
-            flush=True,
-        )
+        for path, what in (
+            ("/v1/proxies", "who runs which version"),
+            (f"/v1/rollouts/{SERVICE}", "the last rollout and its decisions"),
+            ("/v1/decisions", "every decision, newest first"),
+        ):
+            print(f"  curl -H 'Authorization: Bearer {cp.read_token}' {cp.url}{path}   # {what}")
+        sys.stdout.flush()
         await _hold(args)
         return 0 if complete else 1
+
+
+async def rollouts(mesh: Mesh) -> bool:
+    """v2 rolled out from the 50/50 split until promoted; then v3, which fails,
+    rolled out over v2 until the control plane rolls it back.  True when both
+    end as they should."""
+    cp, client = mesh.cp, mesh.client
+    metrics = f"http://127.0.0.1:{client.admin_port}/metrics"
+    async with SteadyTraffic(client.outbound_port) as traffic:
+        good = await one_rollout(cp, traffic, "v1", "v2", metrics, GOOD_ROLLOUT_S)
+        # After the promotion v2 is the stable version: its route alone, then v3 after it.
+        version = await cp.put(f"/v1/routes/{SERVICE}", only("v2"))
+        await cp.acked(mesh.client_id, version)
+        print(
+            f"demo: PUT /v1/routes/{SERVICE} 100% v2 -> version {version}: v2 is the stable "
+            "version; now a rollout of v3, which answers 500",
+            flush=True,
+        )
+        bad = await one_rollout(cp, traffic, "v2", "v3", metrics, BAD_ROLLOUT_S)
+    print(f"demo: rollout of v2 {good}; rollout of v3 {bad}", flush=True)
+    return good == "promoted" and bad == "rolled_back"
+
+
+async def one_rollout(
+    cp: ControlPlane,
+    traffic: SteadyTraffic,
+    stable: str,
+    canary_subset: str,
+    metrics: str,
+    timeout_s: float,
+) -> str:
+    """Start a rollout and print it to its end; the phase it ended in."""
+    spec = rollout_spec(stable, canary_subset, metrics)
+    print(
+        f"demo: PUT /v1/rollouts/{SERVICE} {stable} -> {canary_subset}: "
+        f"+{spec['step_weight']}% every {spec['interval']} up to {spec['max_weight']}%, "
+        f"success rate >= {spec['checks']['min_success_rate']:g}%, "
+        f"error budget {spec['error_budget']} requests",
+        flush=True,
+    )
+    await cp.call("PUT", f"/v1/rollouts/{SERVICE}", spec)
+    try:
+        steps = await follow_rollout(
+            cp, SERVICE, canary_subset, traffic, frozenset({stable, canary_subset}), timeout_s,
+            lambda line: print(line, flush=True),
+        )  # fmt: skip
+    except TimeoutError:
+        print(f"demo: the rollout of {canary_subset} did not end within {timeout_s:.0f}s")
+        await cp.call("DELETE", f"/v1/rollouts/{SERVICE}")
+        return "unfinished"
+    return steps[-1].phase
+
+
+def only(subset: str) -> dict[str, object]:
+    """A route table that sends all of ratings' traffic to one subset."""
+    return {"rules": [{"match": [{"path": {"prefix": "/"}}], "backends": [{"subset": subset}]}]}
 
 
 async def measure(args: argparse.Namespace, sidecar: Sidecar) -> Traffic:
@@ -234,6 +255,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--static",
         action="store_true",
         help="static mode: one sidecar with its route in its config file, no control plane",
+    )
+    parser.add_argument(
+        "--no-rollout",
+        action="store_true",
+        help="dynamic mode: stop after the 90/10 and 50/50 steps, no rollouts",
     )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=4)

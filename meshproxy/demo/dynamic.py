@@ -1,12 +1,11 @@
 """The dynamic demo: a control plane on SQLite drives the sidecars.
 
 ``meshcontrol run`` (a child process, temporary data directory, generated
-tokens), ``ratings`` v1 and v2 each behind its own sidecar (inbound listener to
-the local app), and a ``reviews`` sidecar whose outbound listener the demo's
+tokens), each version of ``ratings`` behind its own sidecar (inbound listener
+to the local app), and a ``reviews`` sidecar whose outbound listener the demo's
 traffic goes through.  Every sidecar is in dynamic mode: it starts with no
-snapshot and takes its config from the control plane.  The demo then applies a
-90/10 canary through the REST API and moves it to 50/50, printing the split it
-observed after each step.
+snapshot and takes its config from the control plane, which the demo then
+drives through its REST API (routes here, rollouts in ``demo.rollout``).
 
 It drives the mesh only from outside (HTTP API, child processes); it must not
 import the control plane's code: the sidecar package never depends on it.
@@ -55,7 +54,8 @@ def canary(v1_weight: int, v2_weight: int) -> dict[str, Any]:
     }
 
 
-SUBSETS = {"subsets": {"v1": {"labels": {"version": "v1"}}, "v2": {"labels": {"version": "v2"}}}}
+VERSIONS = ("v1", "v2", "v3")
+SUBSETS = {"subsets": {v: {"labels": {"version": v}} for v in VERSIONS}}
 
 
 def dynamic_bootstrap(
@@ -224,17 +224,18 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def dynamic_mesh(
-    workdir: Path, v1_port: int, v2_port: int, outbound_port: int, admin_port: int
+    workdir: Path, apps: dict[str, int], outbound_port: int, admin_port: int
 ) -> AsyncIterator[Mesh]:
-    """The control plane, the sidecars of ratings v1 / v2 and of the client,
-    ratings' subsets defined and its instances registered; all stopped on exit."""
+    """The control plane, one sidecar per ratings version (``apps``: version ->
+    local app port) and the client's, ratings' subsets defined and its
+    instances registered; all stopped on exit."""
     async with control_plane(workdir / "control") as cp:
         sidecars: list[Sidecar] = []
         beating: asyncio.Task[None] | None = None
         try:
             await cp.put(f"/v1/policies/{SERVICE}", SUBSETS)
             ids = []
-            for version, app_port in (("v1", v1_port), ("v2", v2_port)):
+            for version, app_port in apps.items():
                 config = dynamic_bootstrap(
                     f"{SERVICE}-{version}", SERVICE, cp.url, cp.read_token, 0,
                     local_app_port=app_port, upstreams=[],
@@ -261,6 +262,7 @@ async def dynamic_mesh(
 
 __all__ = [
     "CLIENT",
+    "VERSIONS",
     "ControlPlane",
     "ControlPlaneError",
     "Mesh",

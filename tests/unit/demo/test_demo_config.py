@@ -7,9 +7,10 @@ import pytest
 import yaml
 
 from meshproxy.config import parse_bootstrap
-from meshproxy.demo.__main__ import Traffic, parse_args
+from meshproxy.demo.__main__ import parse_args
 from meshproxy.demo.dynamic import canary, dynamic_bootstrap
 from meshproxy.demo.sidecar import demo_bootstrap, port_or_any
+from meshproxy.demo.traffic import Traffic
 
 
 def test_demo_routes_ratings_90_10_over_v1_and_v2() -> None:
