@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml setup.py examples/ab_tagger/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	MESHPROXY_NO_EXTENSIONS=1 $(PY) -m pip install -q -e '.[dev]'
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e examples/ab_tagger  # the example filter: its tests and the entry-point test
+	$(PY) -m pip install -q --no-deps -e examples/ab_tagger  # the example filter: its tests and the entry-point test
 	touch $@
 
 venv: $(STAMP)
