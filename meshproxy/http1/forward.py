@@ -141,13 +141,14 @@ class Forwarder(asyncio.Protocol):
 
     # -- tries ---------------------------------------------------------------
 
-    def start_try(self, payload: bytes) -> None:
-        """Choose an endpoint and send ``payload`` to it."""
+    def start_try(self, payload: bytes, now: float | None = None) -> None:
+        """Choose an endpoint and send ``payload`` to it; ``now``: the loop's
+        time when the caller has just read it."""
         route = self.route
         assert route is not None
         cluster = route.cluster
         ctx = self.ctx
-        endpoint = cluster.pick(self.balance_key, ctx.loop.time())
+        endpoint = cluster.pick(self.balance_key, ctx.loop.time() if now is None else now)
         tried = self.tried
         if tried is not None:
             if endpoint is not None and endpoint in tried:

@@ -223,8 +223,11 @@ class HttpServer(Forwarder):
                 self.head_timer.cancel()
                 self.head_timer = None
             if end == len(src):
-                raw = src if type(src) is bytes else bytes(src)
-                self.buf = bytearray()
+                if type(src) is bytes:
+                    raw = src  # straight from data_received: the buffer is empty
+                else:
+                    raw = bytes(src)
+                    self.buf = bytearray()
             else:
                 raw = bytes(src[:end])
                 rest = src[end:]
@@ -368,7 +371,7 @@ class HttpServer(Forwarder):
                 self.replay = [payload]
                 self.replay_size = body_size
         if route.plain:
-            self.start_try(payload)
+            self.start_try(payload, now)
             return
         delay = 0.0
         if route.fault is not None:
