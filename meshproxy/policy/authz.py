@@ -157,7 +157,7 @@ class _Rule:
             return False
         if self.addresses is not None and not _in_networks(ctx.client_ip, self.addresses):
             return False
-        return all(c.matches(ctx) for c in self.conditions)
+        return not self.conditions or all(c.matches(ctx) for c in self.conditions)
 
 
 def service_of(principal: str) -> str:
