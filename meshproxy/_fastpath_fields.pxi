@@ -104,10 +104,11 @@ def is_hop_by_hop(bytes lname, tuple connection):
 
 cdef inline bint _hop_length(Py_ssize_t size, tuple connection):
     # The fixed names are 2, 7, 10 and 16-19 bytes long.
+    cdef Py_ssize_t i
     if size == 2 or size == 7 or size == 10 or 16 <= size <= 19:
         return True
-    for token in connection:
-        if PyBytes_GET_SIZE(token) == size:
+    for i in range(len(connection)):
+        if PyBytes_GET_SIZE(<bytes?>connection[i]) == size:
             return True
     return False
 

@@ -52,6 +52,7 @@ _REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 # the names sought is skipped without lower-casing it (a copy, then a hash).
 _RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL))
 _hop_by_hop_fields = fp.hop_by_hop_fields
+_KEEP_ALIVE_ONLY = [(b"connection", b"keep-alive")]
 
 
 # Request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -236,7 +237,10 @@ def has_hop_by_hop(head: fp.ResponseHead) -> bool:
     A bare ``Connection: keep-alive`` does not count: forwarding it to an
     HTTP/1.1 client we keep alive says nothing false, and sparing the rebuild
     matters because many servers send it on every response."""
-    for lname, value in _hop_by_hop_fields(head.headers, head.connection):
+    fields = _hop_by_hop_fields(head.headers, head.connection)
+    if not fields or fields == _KEEP_ALIVE_ONLY:  # nginx's answers: no loop
+        return False
+    for lname, value in fields:
         if lname == b"connection" and value.lower() == b"keep-alive":
             continue
         return True
