@@ -108,17 +108,29 @@ class PolicyChain:
     authz: bool = True
 
 
+OBSERVABILITY_KINDS = ("default", "no_metrics", "trace_1pct")
+
+
 def meshproxy_bootstrap(
-    origin_ports: tuple[int, ...], chain: PolicyChain | None = None
+    origin_ports: tuple[int, ...],
+    chain: PolicyChain | None = None,
+    observability: str = "default",
 ) -> dict[str, Any]:
     """Without ``chain``: a sidecar with one outbound listener on an OS-chosen
     port, the default config, one endpoint and no route table.  With it:
-    ``policy_bootstrap`` in front of the first origin port."""
+    ``policy_bootstrap`` in front of the first origin port.
+
+    ``observability``: ``default`` (metrics on, access log and tracing off),
+    ``no_metrics`` (metrics off: the cost of metrics is the difference), or
+    ``trace_1pct`` (default plus OTLP/HTTP tracing at 1% sampling, exported to
+    the origin, which answers any POST with 200)."""
     if chain is not None:
         return policy_bootstrap(origin_ports[0], chain)
+    if observability not in OBSERVABILITY_KINDS:
+        raise ValueError(f"unknown observability kind {observability!r}")
     service: dict[str, Any] = {"endpoints": [_endpoint(origin_ports[0], None)]}
     snapshot: dict[str, Any] = {"services": {SERVICE: service}}
-    return {
+    boot: dict[str, Any] = {
         "node": {"id": "bench-1", "service": "bench-client"},
         "admin": {"address": "127.0.0.1", "port": 0},
         "listeners": [
@@ -126,6 +138,14 @@ def meshproxy_bootstrap(
         ],
         "snapshot": snapshot,
     }
+    if observability == "no_metrics":
+        boot["observability"] = {"metrics": {"enabled": False}}
+    elif observability == "trace_1pct":
+        endpoint = f"http://127.0.0.1:{origin_ports[0]}/v1/traces"
+        boot["observability"] = {
+            "tracing": {"exporter": "otlp_http", "endpoint": endpoint, "sampling": 0.01}
+        }
+    return boot
 
 
 ROUTING_KINDS = ("split", "round_robin", "least_request")

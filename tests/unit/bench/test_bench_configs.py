@@ -88,3 +88,19 @@ def test_rate_limit_and_authz_are_judged_by_their_statuses() -> None:
     assert judge_rate_limit([200] * 5).active is False
     assert judge_authz([403]).active is True
     assert judge_authz([200]).active is False
+
+
+def test_observability_variants_load_and_switch_what_they_name() -> None:
+    off = parse_bootstrap(
+        configs.to_yaml(configs.meshproxy_bootstrap(PORTS, observability="no_metrics")), "b"
+    )
+    assert off.observability.metrics.enabled is False
+    traced = parse_bootstrap(
+        configs.to_yaml(configs.meshproxy_bootstrap(PORTS, observability="trace_1pct")), "b"
+    )
+    assert traced.observability.tracing.exporter == "otlp_http"
+    assert traced.observability.tracing.sampling == 0.01
+    assert traced.observability.tracing.endpoint == f"http://127.0.0.1:{PORTS[0]}/v1/traces"
+    default = parse_bootstrap(configs.to_yaml(configs.meshproxy_bootstrap(PORTS)), "b")
+    assert default.observability.metrics.enabled is True
+    assert default.observability.tracing.exporter == "none"
