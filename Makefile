@@ -53,11 +53,11 @@ apt-bench:
 lint: build
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy meshproxy
+	$(VENV)/bin/mypy meshproxy control
 
 test: lint apt-test
 	$(PY) tests/unit/helm/fetch_helm.py >/dev/null  # a real helm for the chart test
-	MESHPROXY_REQUIRE_EXTENSION=1 MESHPROXY_REQUIRE_HELM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --cov=meshproxy --cov-report=term:skip-covered tests examples/ab_tagger/tests
+	MESHPROXY_REQUIRE_EXTENSION=1 MESHPROXY_REQUIRE_HELM=1 $(VENV)/bin/pytest -q -p no:cacheprovider --cov=meshproxy --cov=control --cov-report=term:skip-covered tests examples/ab_tagger/tests
 
 demo: build
 	$(PY) -m meshproxy.demo $(DEMO_ARGS)
