@@ -167,16 +167,22 @@ async def test_a_refused_snapshot_is_nacked_with_its_reason_and_the_old_one_stay
     assert len(applied.snapshots) == 1
 
 
-async def test_a_mirror_to_an_unknown_subset_passes_the_api_but_the_route_compiler_nacks_it(
+async def test_a_refusal_by_the_sidecar_reaches_proxies_word_for_word(
     control: str, http: aiohttp.ClientSession
 ) -> None:
-    """What the runtime's compile refuses reaches /v1/proxies word for word."""
+    """A snapshot the control plane accepts but this sidecar refuses (here: a
+    node that allows no mirroring, checked after the route compiler) shows at
+    /v1/proxies as a NACK with the sidecar's own words, and the last good
+    version stays acked."""
+    refusal = "mirroring is not allowed on this node"
 
     def compile_routes(snapshot: Snapshot) -> str | None:
         try:
             CompiledRoutes.from_snapshot(snapshot)
         except ConfigError as exc:
             return exc.problems[0][1]
+        if any(rule.mirror is not None for table in snapshot.routes for rule in table.rules):
+            return refusal
         return None
 
     applied = Applied(compile_routes)
@@ -185,7 +191,7 @@ async def test_a_mirror_to_an_unknown_subset_passes_the_api_but_the_route_compil
     try:
         await asyncio.wait_for(watcher.in_force.wait(), 5)
         await _put_policy(http, control, POLICY)
-        route = {"rules": [{"backends": [{"subset": "v1"}], "mirror": {"subset": "v9"}}]}
+        route = {"rules": [{"backends": [{"subset": "v1"}], "mirror": {"subset": "v1"}}]}
         async with http.put(f"{control}/v1/routes/ratings", json=route, headers=ADMIN) as r:
             assert r.status == 200, await r.text()
             written = (await r.json())["version"]
@@ -197,7 +203,7 @@ async def test_a_mirror_to_an_unknown_subset_passes_the_api_but_the_route_compil
         proxy = await _proxy(http, control)
     finally:
         await watcher.stop()
-    assert "v9" in proxy["last_error"]
+    assert refusal in proxy["last_error"]
     assert proxy["acked_version"] == written - 1
 
 
