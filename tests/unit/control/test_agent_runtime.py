@@ -213,14 +213,20 @@ async def test_agent_runs_restarts_and_stops_an_instance(
             # The spec goes: deregistered, stopped, the allocation released.
             await control.delete("/v1/services/hello/spec", headers=ADMIN)
 
+            # The control plane takes the instance off the node at once; the agent
+            # learns it from its long-poll and only then stops it (deregistering
+            # first): wait for the agent's side too, not only the node's.
             async def emptied() -> bool:
                 node = await _node(control)
-                return bool(node) and not node["instances"] and not agent._stopping
+                stopped = first["id"] not in agent.running and not agent._stopping
+                return bool(node) and not node["instances"] and stopped
 
             await until(emptied)
             node = await _node(control)
             assert node["cpu_millis_allocated"] == 0
             services = await (await control.get("/v1/services", headers=ADMIN)).json()
+            # Deregistered, not left to lapse: no instance of hello is left at all.
+            assert _registered(services, "hello") == 0
             assert _healthy(services, "hello") == 0
         finally:
             task.cancel()
@@ -231,6 +237,13 @@ async def test_agent_runs_restarts_and_stops_an_instance(
 async def _node(control: TestClient[Any, Any]) -> dict[str, Any] | None:
     body = await (await control.get("/v1/nodes", headers=ADMIN)).json()
     return body["nodes"][0] if body["nodes"] else None
+
+
+def _registered(services: dict[str, Any], name: str) -> int:
+    for service in services["services"]:
+        if service["name"] == name:
+            return int(service["instances"])
+    return 0
 
 
 def _healthy(services: dict[str, Any], name: str) -> int:

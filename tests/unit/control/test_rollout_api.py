@@ -130,8 +130,12 @@ async def test_a_healthy_canary_is_promoted_step_by_step(
         fake.ok += 10
         return await phase(client) == "promoted"
 
+    async def canary_only() -> bool:
+        return await weights(client) == [("v1", 0), ("v2", 100)]
+
     await until(promoted)
-    assert await weights(client) == [("v1", 0), ("v2", 100)]
+    # The phase is the decision; the weights follow once the driver's write is in.
+    await until(canary_only)
     view = await (await client.get("/v1/rollouts/ratings", headers=ADMIN)).json()
     steps = [d["action"] for d in reversed(view["decisions"])]
     assert steps == ["set_weight", "set_weight", "promote"]
@@ -143,16 +147,32 @@ async def test_a_failing_canary_is_rolled_back_before_it_spends_more_than_its_bu
     fake, url = sidecar
     await client.put("/v1/rollouts/ratings", json=rollout_body(url, interval="1m"), headers=ADMIN)
 
-    async def rolled_back() -> bool:
-        if await phase(client) == "rolled_back":
+    async def view() -> dict[str, Any]:
+        return dict(await (await client.get("/v1/rollouts/ratings", headers=ADMIN)).json())
+
+    async def decided() -> bool:
+        # v2 fails every request the routes send it, one at a time: the next one
+        # only once the driver has counted the last, so the budget is judged at
+        # every failed request whatever the load on the machine.
+        now = await view()
+        if now["phase"] == "rolled_back":
             return True
-        if (await weights(client))[1][1] > 0:
-            fake.failed += 1  # v2 fails every request it gets, one at a time
+        if now["spent"] == fake.failed and (await weights(client))[1][1] > 0:
+            fake.failed += 1
         return False
 
-    await until(rolled_back)
+    async def stable_only() -> bool:
+        return await weights(client) == [("v1", 100), ("v2", 0)]
+
+    await until(decided)
+    # The phase is the decision, taken in the same driver call that counted the
+    # 20th failure; the driver writes the weights right after it (through the
+    # store, on its thread), sampling nothing more, so the routes follow shortly.
+    await until(stable_only)
     assert fake.failed == 20
-    assert await weights(client) == [("v1", 100), ("v2", 0)]
+    final = await view()
+    assert final["phase"] == "rolled_back" and final["spent"] == 20
+    assert final["canary_weight"] == 0
     history = await (await client.get("/v1/history", headers=ADMIN)).json()
     assert "error budget spent: 20 failed canary requests" in history["entries"][0]["summary"]
 
