@@ -15,7 +15,8 @@ SLEEPER = "import subprocess, sys, time; print('up', flush=True); "
 def test_stop_all_ends_a_child_and_its_own_children(tmp_path: Path) -> None:
     group = ProcessGroup()
     code = (
-        SLEEPER + "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); "
+        SLEEPER + "c = subprocess.Popen([sys.executable, '-c', "
+        "'import time; print(\"grandchild ready\", flush=True); time.sleep(30)']); "
         "print('child', c.pid, flush=True); time.sleep(30)"
     )
     log = tmp_path / "parent.log"
@@ -23,6 +24,9 @@ def test_stop_all_ends_a_child_and_its_own_children(tmp_path: Path) -> None:
         parent = group.start([sys.executable, "-c", code], log)
         (found,) = wait_log(log, re.compile(r"child (\d+)"), parent)
         child = int(found.group(1))
+        # Measure only once the grandchild has finished starting: a starting
+        # interpreter's memory grows between one reading and the next.
+        wait_log(log, re.compile(r"grandchild ready"), parent)
         assert rss_kib(parent.pid) > 0
         assert tree_rss_kib(parent.pid) >= rss_kib(parent.pid) + rss_kib(child) > rss_kib(child)
     finally:
