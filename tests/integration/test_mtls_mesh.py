@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import signal
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,12 +21,12 @@ from meshproxy.security.handshake import InboundListener
 from meshproxy.security.identity import ControlPlaneCA, IdentityManager
 from meshproxy.security.refusals import Refusals, TLSRefused
 from meshproxy.security.spiffe import SpiffeId
+from tests.integration.controlproc import meshcontrol
 from tests.unit.security.pki import PKI
 from tests.unit.security.tls_peers import Load, dial
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).parents[2]
 ADMIN = "mtls-admin-token"
 TOKENS = {
     "tok-reviews": "default/reviews",
@@ -58,38 +53,13 @@ def _id(service: str) -> SpiffeId:
 
 @pytest.fixture
 def control_plane(tmp_path: Path) -> Iterator[str]:
-    log = tmp_path / "meshcontrol.log"
     env = {
-        **os.environ,
-        "MESHCONTROL_DATA_DIR": str(tmp_path),
         "MESHCONTROL_ADMIN_TOKEN": ADMIN,
         "MESHCONTROL_CA_BOOTSTRAP_TOKENS": json.dumps(TOKENS),
         "MESHCONTROL_CA_PUBLISH_DELAY": "0s",
     }
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "control", "run", "--port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"listening address=\S+ port=(\d+)", log.read_text())
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
-        assert port is not None, log.read_text()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    with meshcontrol(tmp_path, env, log=tmp_path / "meshcontrol.log") as base:
+        yield base
     assert stat_0600(tmp_path / "ca" / "root.key")
 
 

@@ -4,11 +4,6 @@ with a temporary data directory, driven over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -18,50 +13,22 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.controlproc import meshcontrol as start_meshcontrol
+
 pytestmark = pytest.mark.integration
 
 ADMIN = {"Authorization": "Bearer it-admin-token"}
 READER = {"Authorization": "Bearer it-read-token"}
 POLICY = {"subsets": {"v1": {"labels": {"version": "v1"}}, "v2": {"labels": {"version": "v2"}}}}
 ROUTE = {"rules": [{"backends": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}]}
-ROOT = Path(__file__).parents[3]
 
 
 @contextmanager
 def meshcontrol(data_dir: Path) -> Iterator[str]:
-    """Start the control plane, yield its base URL, stop it (SIGTERM, then kill)."""
-    log = data_dir / f"stderr-{time.monotonic_ns()}.log"
-    env = {
-        **os.environ,
-        "MESHCONTROL_DATA_DIR": str(data_dir),
-        "MESHCONTROL_ADMIN_TOKEN": "it-admin-token",
-        "MESHCONTROL_READ_TOKEN": "it-read-token",
-    }
-    with log.open("ab") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "control", "run", "--port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        port = None
-        deadline = time.monotonic() + 20
-        while port is None and time.monotonic() < deadline and proc.poll() is None:
-            found = re.search(r"listening address=\S+ port=(\d+)", log.read_text())
-            port = int(found.group(1)) if found else None
-            time.sleep(0.05)
-        assert port is not None, log.read_text()
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    assert proc.returncode == 0, log.read_text()
+    """Start the control plane, yield its base URL, stop it; it must exit cleanly."""
+    env = {"MESHCONTROL_ADMIN_TOKEN": "it-admin-token", "MESHCONTROL_READ_TOKEN": "it-read-token"}
+    with start_meshcontrol(data_dir, env, require_clean_exit=True) as base:
+        yield base
 
 
 @pytest.fixture

@@ -11,15 +11,8 @@ request each, no long-poll waits.
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,11 +26,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.integration.controlproc import meshcontrol
+
 pytestmark = pytest.mark.integration
 
 ADMIN_TOKEN = "schemathesis-admin-token"
 READ_TOKEN = "schemathesis-read-token"
-ROOT = Path(__file__).parents[3]
 MAX_EXAMPLES = 20
 CHECKS = [
     not_a_server_error,
@@ -50,39 +44,9 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def control_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("meshcontrol")
-    log_path = data_dir / "meshcontrol.log"
-    env = {
-        **os.environ,
-        "MESHCONTROL_DATA_DIR": str(data_dir),
-        "MESHCONTROL_ADMIN_TOKEN": ADMIN_TOKEN,
-        "MESHCONTROL_READ_TOKEN": READ_TOKEN,
-    }
-    with log_path.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "control", "run", "--port", "0"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            text = log_path.read_text(errors="replace")
-            found = re.search(r"listening address=\S+ port=(\d+)", text)
-            if found:
-                break
-            assert proc.poll() is None, f"meshcontrol exited:\n{text}"
-            assert time.monotonic() < deadline, f"meshcontrol did not listen:\n{text}"
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{found.group(1)}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    env = {"MESHCONTROL_ADMIN_TOKEN": ADMIN_TOKEN, "MESHCONTROL_READ_TOKEN": READ_TOKEN}
+    with meshcontrol(data_dir, env, log=data_dir / "meshcontrol.log") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
