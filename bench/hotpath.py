@@ -3,13 +3,14 @@
 ``python -m bench.hotpath`` feeds a keep-alive GET (as wrk sends it) into an
 ``HttpServer`` over recording transports, answers it from a parked upstream
 connection with nginx's 12-byte response, and prints the time per request for
-three configs of ``bench.configs``: the default sidecar (``default``), the
-90/10 split (``split``) and the policy chain (``policy``: rate limit and
-authz on the inbound listener).  Everything the runtime puts on the path is
-there (resolver, pool, ``MeshObserver`` with its metrics, the policy chain);
-only the kernel and the event loop's I/O are not.  It is the harness that
-tells which change of the Python path pays; ``make bench`` still gives the
-ratios that count.
+the configs of ``bench.configs``: the default sidecar (``default``), the
+90/10 split (``split``), the policy chain (``policy``: rate limit and authz
+on the inbound listener), tracing at 1% sampling (``trace``) and three
+endpoints balanced by round robin (``rr3``) or least request (``lr3``).
+Everything the runtime puts on the path is there (resolver, pool,
+``MeshObserver`` with its metrics, the policy chain); only the kernel and the
+event loop's I/O are not.  It is the harness that tells which change of the
+Python path pays; ``make bench`` still gives the ratios that count.
 
 ``--profile`` prints a cProfile of one config instead; ``--count`` sets the
 requests per timed round (the best of ``--rounds`` is printed: on a shared
@@ -47,7 +48,7 @@ from meshproxy.observe.observer import MeshObserver
 from meshproxy.runtime import Runtime, install_uvloop, make_metrics
 from meshproxy.settings import Settings
 
-KINDS = ("default", "split", "policy")
+KINDS = ("default", "split", "policy", "trace", "rr3", "lr3")
 ORIGIN_PORTS = (19001, 19002, 19003)  # never bound: the upstream side is simulated
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n"
@@ -65,6 +66,11 @@ def bootstrap(kind: str) -> Bootstrap:
         data = configs.routing_bootstrap(ORIGIN_PORTS, "split")
     elif kind == "policy":
         data = configs.meshproxy_bootstrap(ORIGIN_PORTS, configs.PolicyChain())
+    elif kind == "trace":
+        data = configs.meshproxy_bootstrap(ORIGIN_PORTS, observability="trace_1pct")
+    elif kind in ("rr3", "lr3"):
+        policy = "round_robin" if kind == "rr3" else "least_request"
+        data = configs.routing_bootstrap(ORIGIN_PORTS, policy)
     else:
         raise ValueError(f"unknown config {kind!r}")
     return parse_bootstrap(yaml.safe_dump(data), f"<{kind}>")
