@@ -45,7 +45,8 @@ class TracingConfig(Model):
     endpoint: str | None = None
     # Ratio of new traces (no sampled flag from upstream) that are sampled.
     sampling: float = Field(default=0.01, ge=0.0, le=1.0)
-    # Header formats read on the way in (first found wins) and written on the way out.
+    # Header formats read on the way in (first that parses wins).  Our span goes
+    # out in the formats the request carried, or in the first one for a new trace.
     propagation: tuple[Literal["w3c", "b3", "b3multi"], ...] = Field(
         default=("w3c", "b3", "b3multi"), min_length=1
     )

@@ -50,9 +50,13 @@ _PROXY_SET = frozenset({_XFF, _XFP, _XRID, _HOST})
 _REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 # The scans below run on every message: a name whose length matches none of
 # the names sought is skipped without lower-casing it (a copy, then a hash).
-_RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL))
+# The lengths of the trace context names (the usual extra fields) are in the
+# set too, so that setting them rarely needs a set of its own.
+_TRACE_NAMES = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
+_RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL, *_TRACE_NAMES))
 _hop_by_hop_fields = fp.hop_by_hop_fields
 _KEEP_ALIVE_ONLY = [(b"connection", b"keep-alive")]
+_NOTHING: frozenset[bytes] = frozenset()
 
 
 # Request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -108,6 +112,7 @@ def build_request_head(
     raw: bytes | None = None,
     request_id: bytes | None = None,
     headers: list[tuple[bytes, bytes]] | None = None,
+    extra: list[tuple[bytes, bytes]] | None = None,
 ) -> bytes:
     """The head to send upstream, always as HTTP/1.1 on a keep-alive connection.
 
@@ -117,7 +122,9 @@ def build_request_head(
     nothing in it must change (the common case): only our fields are appended.
     ``request_id`` is the X-Request-Id to add when the client sent none (a
     fresh one when None).  ``headers`` replaces the client's fields (after a
-    route's header edits)."""
+    route's header edits).  ``extra`` are fields to set, each replacing the
+    client's fields of that name (trace context, a filter's headers); when the
+    client sent none of them, they are appended to ``raw`` as ours are."""
     drop = head.connection
     if (
         raw is not None
@@ -127,28 +134,44 @@ def build_request_head(
         and not drop
         and raw[:1] != b"\r"  # empty lines before the request line: rebuild
     ):
+        check = _RAW_CHECK_LENGTHS
+        replaced: frozenset[bytes] | set[bytes] = _NOTHING
+        if extra:
+            replaced = {name.lower() for name, _ in extra}
+            if not check.issuperset(map(len, replaced)):
+                check = check.union(map(len, replaced))
         lengths = 0
         for name, _value in head.headers:
-            if len(name) not in _RAW_CHECK_LENGTHS:
+            if len(name) not in check:
                 continue
             lname = name.lower()
-            if lname in _REWRITE:
+            if lname in _REWRITE or lname in replaced:
                 break
             if lname == _CL:
                 lengths += 1
         else:
             if lengths > 1:  # equal duplicates the parser collapsed: send one
-                return build_request_head(head, path, client_ip, authority, None, request_id)
-            return b"".join(
-                (
-                    raw[:-2],
-                    b"X-Forwarded-For: ",
-                    client_ip,
-                    b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
-                    request_id or new_request_id(),
-                    b"\r\n\r\n",
+                return build_request_head(
+                    head, path, client_ip, authority, None, request_id, None, extra
                 )
-            )
+            out = [
+                raw[:-2],
+                b"X-Forwarded-For: ",
+                client_ip,
+                b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
+                request_id or new_request_id(),
+                b"\r\n",
+            ]
+            if extra:
+                for name, value in extra:
+                    out += (name, b": ", value, b"\r\n")
+            out.append(b"\r\n")
+            return b"".join(out)
+    if extra:
+        replaced = {name.lower() for name, _ in extra}
+        kept = head.headers if headers is None else headers
+        headers = [pair for pair in kept if pair[0].lower() not in replaced]
+        headers += extra
     xff: bytes | None = None
     host: bytes | None = None
     has_rid = False
@@ -204,7 +227,7 @@ def edited_request_head(
     if extra:
         names = {name.lower() for name, _ in extra}
         headers = [pair for pair in headers if pair[0].lower() not in names]
-        headers.extend(extra)
+        headers += extra
     edit = route.request_headers
     if edit is not None:
         headers = edit.apply(headers)

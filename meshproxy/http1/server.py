@@ -322,8 +322,10 @@ class HttpServer(Forwarder):
             route.balance_key(head.headers, self.client_addr) if route.hashed else None
         )
         mirror_head: bytes | None = None
-        if route.plain and not extra:
-            payload = build_request_head(head, path, self.client_ip, authority, raw, rid)
+        if route.plain:
+            payload = build_request_head(
+                head, path, self.client_ip, authority, raw, rid, None, extra or None
+            )
         else:
             payload, mirror_head = edited_request_head(
                 head, route, path, self.client_ip, authority, rid, extra

@@ -23,7 +23,10 @@ count.
 Tracing: with an exporter configured, ``exchange_started`` reads the caller's
 trace context (W3C or B3), decides sampling (the caller's flag, else the
 configured ratio), gives our span a fresh id and returns the headers that
-carry it on (replacing the caller's).  Spans are built only for sampled
+carry it on, replacing the caller's: in the formats the caller's request
+carried (so an application that forwards B3 keeps seeing B3), or, for a trace
+we start, in the first configured format alone (``traceparent`` by default:
+one field, appended to the head as received).  Spans are built only for sampled
 exchanges, when they are done.  Without an exporter, nothing is propagated
 or rewritten; the access log still shows the caller's trace id.
 
@@ -45,7 +48,7 @@ from meshproxy.config.observability import Observability
 from meshproxy.observe.accesslog import AccessLog
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.metrics import ProxyMetrics
-from meshproxy.observe.propagation import extract, inject
+from meshproxy.observe.propagation import Writer, extract, read, writer
 from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
 
 __all__ = ["MeshObserver", "static_version"]
@@ -56,6 +59,8 @@ _getrandbits = random.getrandbits
 
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
+_ZERO_SPAN = b"0" * 16
+_ZERO_TRACE = b"0" * 32
 
 
 def _no_fields(exchange: Exchange, headers: Fields) -> Fields:
@@ -98,6 +103,10 @@ class MeshObserver:
             access_log.record if access_log is not None else None
         )
         self._formats = tuple(self.config.tracing.propagation)
+        # A trace we start is written in the first format; a caller's trace is
+        # passed on in the formats its request carried (one writer per set).
+        self._write_new = writer(self._formats[:1])
+        self._writers: dict[tuple[str, ...], Writer] = {}
         self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
         self._trace_errors = 0
         if tracer is not None:
@@ -168,25 +177,31 @@ class MeshObserver:
         return _NO_FIELDS
 
     def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
-        caller = extract(headers, self._formats)
+        caller, present = read(headers, self._formats)
         if caller is None:
             # One draw for both ids: 128 bits of trace, 64 of span.
-            ids = f"{_getrandbits(192):048x}"
-            trace_id, span_id = ids[:32], ids[32:]
-            parent = ""
+            ids = b"%048x" % _getrandbits(192)
+            tid, sid = ids[:32], ids[32:]
+            parent = b""
+            exchange.trace_id = tid.decode()
             sampled = self._sampler.decide(None)
         else:
-            span_id = f"{_getrandbits(64):016x}"
-            trace_id = caller.trace_id
-            parent = caller.span_id
+            sid = b"%016x" % _getrandbits(64)
+            tid = caller.trace_id.encode()
+            parent = caller.span_id.encode()
+            exchange.trace_id = caller.trace_id
+            exchange.parent_span_id = caller.span_id
             sampled = self._sampler.decide(caller.sampled)
-        if span_id == "0000000000000000" or trace_id == "0" * 32:
+        if sid == _ZERO_SPAN or tid == _ZERO_TRACE:
             return self._started_traced(exchange, headers)  # all-zero ids are invalid
-        exchange.trace_id = trace_id
-        exchange.span_id = span_id
-        exchange.parent_span_id = parent
+        exchange.span_id = sid.decode()
         exchange.trace_sampled = sampled
-        return inject(trace_id, span_id, sampled, parent, self._formats)
+        if not present:
+            return self._write_new(tid, sid, sampled, parent)
+        write = self._writers.get(present)
+        if write is None:
+            write = self._writers[present] = writer(present)
+        return write(tid, sid, sampled, parent)
 
     def _done(self, exchange: Exchange) -> None:
         count = self._count

@@ -14,10 +14,11 @@ matches a trace header, so a request without trace headers costs one pass of
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
     "TraceContext",
+    "Writer",
     "extract",
     "inject",
     "new_span_id",
@@ -25,6 +26,8 @@ __all__ = [
     "parse_b3_multi",
     "parse_b3_single",
     "parse_traceparent",
+    "read",
+    "writer",
 ]
 
 W3C = "w3c"
@@ -162,6 +165,18 @@ def extract(
     headers: Iterable[tuple[bytes, bytes]], formats: Sequence[str] = (W3C, B3, B3_MULTI)
 ) -> TraceContext | None:
     """The caller's context from the first format (in ``formats`` order) that parses."""
+    return read(headers, formats)[0]
+
+
+_NO_FORMATS: tuple[str, ...] = ()
+
+
+def read(
+    headers: Iterable[tuple[bytes, bytes]], formats: Sequence[str] = (W3C, B3, B3_MULTI)
+) -> tuple[TraceContext | None, tuple[str, ...]]:
+    """The caller's context (as ``extract``) and the formats of ``formats``
+    whose fields the request carries, parsable or not: the ones our span must
+    replace on the way out."""
     found: dict[bytes, bytes] | None = None
     for name, value in headers:
         if len(name) in _NAME_LENGTHS:
@@ -171,7 +186,14 @@ def extract(
                     found = {}
                 found.setdefault(lower, value)
     if found is None:
-        return None
+        return None, _NO_FORMATS
+    present = tuple(
+        fmt
+        for fmt in formats
+        if (fmt == W3C and b"traceparent" in found)
+        or (fmt == B3 and b"b3" in found)
+        or (fmt == B3_MULTI and not found.keys() <= {b"traceparent", b"b3"})
+    )
     for fmt in formats:
         ctx: TraceContext | None = None
         if fmt == W3C and b"traceparent" in found:
@@ -181,8 +203,37 @@ def extract(
         elif fmt == B3_MULTI:
             ctx = parse_b3_multi(found)
         if ctx is not None:
-            return ctx
-    return None
+            return ctx, present
+    return None, present
+
+
+Writer = Callable[[bytes, bytes, bool, bytes], list[tuple[bytes, bytes]]]
+
+
+def writer(formats: Sequence[str] = (W3C, B3, B3_MULTI)) -> Writer:
+    """A function ``(trace_id, span_id, sampled, parent_span_id) -> fields``
+    for ``formats``, ids as ASCII hex bytes (``parent_span_id`` may be empty).
+    Chosen once per configuration: it runs on every traced request."""
+    w3c, b3, multi = W3C in formats, B3 in formats, B3_MULTI in formats
+    unknown = set(formats) - {W3C, B3, B3_MULTI}
+    if unknown:
+        raise ValueError(f"unknown propagation formats: {sorted(unknown)}")
+
+    def write(tid: bytes, sid: bytes, sampled: bool, parent: bytes) -> list[tuple[bytes, bytes]]:
+        flag = b"1" if sampled else b"0"
+        out: list[tuple[bytes, bytes]] = []
+        if w3c:
+            out.append((b"traceparent", b"00-" + tid + b"-" + sid + b"-0" + flag))
+        if b3:
+            out.append((b"b3", tid + b"-" + sid + b"-" + flag))
+        if multi:
+            out += ((b"x-b3-traceid", tid), (b"x-b3-spanid", sid))
+            if parent:
+                out.append((b"x-b3-parentspanid", parent))
+            out.append((b"x-b3-sampled", flag))
+        return out
+
+    return write
 
 
 def inject(
@@ -193,19 +244,5 @@ def inject(
     formats: Sequence[str] = (W3C, B3, B3_MULTI),
 ) -> list[tuple[bytes, bytes]]:
     """Header fields that carry our span (``span_id``) to the next hop."""
-    out: list[tuple[bytes, bytes]] = []
-    tid = trace_id.encode()
-    sid = span_id.encode()
-    flag = b"1" if sampled else b"0"
-    for fmt in formats:
-        if fmt == W3C:
-            out.append((b"traceparent", b"00-%s-%s-0%s" % (tid, sid, flag)))
-        elif fmt == B3:
-            out.append((b"b3", b"%s-%s-%s" % (tid, sid, flag)))
-        elif fmt == B3_MULTI:
-            out.append((b"x-b3-traceid", tid))
-            out.append((b"x-b3-spanid", sid))
-            if parent_span_id:
-                out.append((b"x-b3-parentspanid", parent_span_id.encode()))
-            out.append((b"x-b3-sampled", flag))
-    return out
+    write = writer(formats)
+    return write(trace_id.encode(), span_id.encode(), sampled, parent_span_id.encode())

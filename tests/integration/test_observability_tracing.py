@@ -107,7 +107,11 @@ async def test_spans_are_exported_with_the_callers_ids_and_http_attributes(
     async with asyncio.timeout(30):
         conn = await Conn.open(port)
         sampled = get(
-            "/head?x=1", extra=f"traceparent: 00-{TRACE}-{PARENT}-01\r\nUser-Agent: t/1\r\n"
+            "/head?x=1",
+            extra=(
+                f"traceparent: 00-{TRACE}-{PARENT}-01\r\nUser-Agent: t/1\r\n"
+                f"b3: {TRACE}-{PARENT}-1\r\n"
+            ),
         )
         assert (await conn.request(sampled)).status == 200
         unsampled = get("/", extra=f"traceparent: 00-{UNSAMPLED_TRACE}-{PARENT}-00\r\n")
@@ -133,16 +137,18 @@ async def test_spans_are_exported_with_the_callers_ids_and_http_attributes(
     assert attrs["meshproxy.destination_service"] == "web"
     assert span.end_time_unix_nano > span.start_time_unix_nano > 0
 
-    # The origin saw our span as its parent, in each format, and the caller's
-    # decision travelled on for the unsampled request.
+    # The origin saw our span as its parent, in each format the caller sent
+    # (replaced, not added), and the caller's decision travelled on for the
+    # unsampled request; a new trace goes out as a traceparent alone.
     seen = [r.headers for r in origin.requests]
     our_span = span.span_id.hex()
     assert seen[0]["traceparent"] == f"00-{TRACE}-{our_span}-01"
     assert seen[0]["b3"] == f"{TRACE}-{our_span}-1"
-    assert seen[0]["x-b3-parentspanid"] == PARENT
+    assert "x-b3-traceid" not in seen[0]
     assert seen[1]["traceparent"].startswith(f"00-{UNSAMPLED_TRACE}-")
     assert seen[1]["traceparent"].endswith("-00")
     assert seen[2]["traceparent"].endswith("-00")
+    assert "b3" not in seen[2] and "x-b3-traceid" not in seen[2]
 
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert (lines[0]["trace_id"], lines[0]["span_id"]) == (TRACE, our_span)

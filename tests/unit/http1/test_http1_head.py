@@ -242,3 +242,23 @@ def test_response_header_list_forces_a_rebuilt_head() -> None:
     head = response(raw)
     out = build_response_head(head, raw, False, False, None, False, [(b"X-B", b"2")])
     assert lines(bytes(out)) == [b"HTTP/1.1 200 OK", b"X-B: 2"]
+
+
+def test_extra_fields_are_appended_to_the_raw_head_when_the_client_sent_none() -> None:
+    raw = b"GET /p HTTP/1.1\r\nHost: web\r\nAccept: */*\r\n\r\n"
+    extra = [(b"traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-00")]
+    out = lines(build_request_head(request(raw), b"/p", b"ip", None, raw, b"rid", None, extra))
+    assert out[:3] == [b"GET /p HTTP/1.1", b"Host: web", b"Accept: */*"]
+    assert out[-1] == b"traceparent: " + extra[0][1]
+    assert b"X-Request-Id: rid" in out
+
+
+def test_extra_fields_replace_the_clients_of_the_same_name_in_any_case() -> None:
+    raw = b"GET /p HTTP/1.1\r\nHost: web\r\nTraceParent: 00-old\r\nB3: old\r\nAccept: */*\r\n\r\n"
+    extra = [(b"traceparent", b"new-tp"), (b"b3", b"new-b3")]
+    head = request(raw)
+    for given in (raw, None):  # the head as received cannot be reused: both ways agree
+        out = lines(build_request_head(head, b"/p", b"ip", None, given, b"rid", None, extra))
+        assert b"traceparent: new-tp" in out and b"b3: new-b3" in out
+        assert not any(b"old" in line for line in out)
+        assert b"Accept: */*" in out and b"Host: web" in out

@@ -215,8 +215,8 @@ def test_incoming_traceparent_becomes_the_parent_of_our_span() -> None:
     )
     assert ex.trace_id == TRACE and ex.parent_span_id == PARENT and ex.trace_sampled
     assert ex.span_id != PARENT and len(ex.span_id) == 16
-    assert out[b"traceparent"] == f"00-{TRACE}-{ex.span_id}-01".encode()
-    assert out[b"x-b3-parentspanid"] == PARENT.encode()
+    # Passed on in the format it came in, nothing more.
+    assert out == {b"traceparent": f"00-{TRACE}-{ex.span_id}-01".encode()}
     observer.exchange_done(ex)
     observer.tracer.shutdown()  # type: ignore[union-attr]
     (span,) = spans.get_finished_spans()
@@ -244,10 +244,44 @@ def test_caller_saying_not_sampled_gets_no_span_but_the_context_goes_on() -> Non
     ex = exchange()
     out = dict(observer.exchange_started(ex, [(b"b3", f"{TRACE}-{PARENT}-0".encode())]))
     assert not ex.trace_sampled
-    assert out[b"b3"] == f"{TRACE}-{ex.span_id}-0".encode()
+    assert out == {b"b3": f"{TRACE}-{ex.span_id}-0".encode()}
     observer.exchange_done(ex)
     observer.tracer.shutdown()  # type: ignore[union-attr]
     assert spans.get_finished_spans() == ()
+
+
+def test_our_span_replaces_every_format_the_caller_sent() -> None:
+    observer, _spans = traced(sampling=0.0)
+    ex = exchange()
+    fields = [
+        (b"X-B3-TraceId", TRACE.encode()),
+        (b"X-B3-SpanId", PARENT.encode()),
+        (b"X-B3-Sampled", b"1"),
+        (b"b3", b"garbage"),  # unparsable, still the caller's: replaced
+    ]
+    out = dict(observer.exchange_started(ex, fields))
+    assert ex.trace_id == TRACE and ex.parent_span_id == PARENT and ex.trace_sampled
+    assert out == {
+        b"b3": f"{TRACE}-{ex.span_id}-1".encode(),
+        b"x-b3-traceid": TRACE.encode(),
+        b"x-b3-spanid": ex.span_id.encode(),
+        b"x-b3-parentspanid": PARENT.encode(),
+        b"x-b3-sampled": b"1",
+    }
+
+
+def test_a_new_trace_is_written_in_the_first_configured_format_only() -> None:
+    observer, _spans = traced(sampling=0.0)
+    out = observer.exchange_started(exchange(), [(b"host", b"ratings")])
+    assert [name for name, _ in out] == [b"traceparent"]
+    b3_first, _ = traced(sampling=0.0, propagation=("b3multi", "w3c"))
+    ex = exchange()
+    out = b3_first.exchange_started(ex, [])
+    assert dict(out) == {
+        b"x-b3-traceid": ex.trace_id.encode(),
+        b"x-b3-spanid": ex.span_id.encode(),
+        b"x-b3-sampled": b"0",
+    }
 
 
 def test_new_traces_follow_the_ratio_and_failed_exchanges_are_errors() -> None:

@@ -10,6 +10,8 @@ from meshproxy.observe.propagation import (
     inject,
     parse_b3_single,
     parse_traceparent,
+    read,
+    writer,
 )
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -105,3 +107,19 @@ def test_inject_round_trips_through_extract_for_each_format() -> None:
     for fmt in ("w3c", "b3", "b3multi"):
         out = inject(TRACE, SPAN, False, formats=(fmt,))
         assert extract(out, (fmt,)) == TraceContext(TRACE, SPAN, False)
+
+
+def test_read_names_the_formats_present_even_when_they_do_not_parse() -> None:
+    ctx, present = read(
+        [(b"Traceparent", b"not-a-traceparent"), (b"X-B3-Sampled", b"0"), (b"host", b"a")]
+    )
+    assert ctx is None
+    assert present == ("w3c", "b3multi")
+    ctx, present = read([(b"b3", f"{TRACE}-{SPAN}-1".encode())], formats=("w3c", "b3"))
+    assert ctx == TraceContext(TRACE, SPAN, True) and present == ("b3",)
+    assert read([(b"host", b"a")]) == (None, ())
+
+
+def test_writer_refuses_an_unknown_format() -> None:
+    with pytest.raises(ValueError, match="jaeger"):
+        writer(("w3c", "jaeger"))
