@@ -33,11 +33,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from bench import configs
 from meshproxy.config import Bootstrap, parse_bootstrap
@@ -45,6 +47,7 @@ from meshproxy.fastpath import IMPLEMENTATION
 from meshproxy.http1 import HttpServer, ListenerContext
 from meshproxy.http1.upstream import UpstreamConnection
 from meshproxy.observe.observer import MeshObserver
+from meshproxy.observe.tracing import ExchangeTracer
 from meshproxy.runtime import Runtime, install_uvloop, make_metrics
 from meshproxy.settings import Settings
 
@@ -74,6 +77,11 @@ def bootstrap(kind: str) -> Bootstrap:
     else:
         raise ValueError(f"unknown config {kind!r}")
     return parse_bootstrap(yaml.safe_dump(data), f"<{kind}>")
+
+
+class _Discard(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
 
 
 class Wire:
@@ -124,7 +132,15 @@ class Harness:
         boot = bootstrap(kind)
         metrics = make_metrics(boot)
         rt = Runtime(boot, Settings(), metrics)
-        observer = rt.mesh_observer = MeshObserver.from_bootstrap(boot, metrics)
+        observer = MeshObserver.from_bootstrap(boot, metrics)
+        if observer.tracer is not None:
+            # Spans go nowhere: the harness measures the data path, not an
+            # exporter retrying a collector that is not there.
+            tracer = ExchangeTracer(
+                boot.observability.tracing, boot.node.service, boot.node.id, _Discard()
+            )
+            observer = MeshObserver(metrics, boot.observability, tracer=tracer)
+        rt.mesh_observer = observer
         rt.observer = observer
         resolver = rt.resolver = rt.build_resolver(boot.snapshot)
         listener = boot.listeners[0]

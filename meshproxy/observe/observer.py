@@ -60,6 +60,9 @@ _getrandbits = random.getrandbits
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
 _ZERO_SPAN = b"0" * 16
+_SPAN_BITS = (1 << 64) - 1
+_TRACEPARENT = b"00-%032x-%016x-00"
+_TRACEPARENT_SAMPLED = b"00-%032x-%016x-01"
 _ZERO_TRACE = b"0" * 32
 
 
@@ -106,8 +109,10 @@ class MeshObserver:
         # A trace we start is written in the first format; a caller's trace is
         # passed on in the formats its request carried (one writer per set).
         self._write_new = writer(self._formats[:1])
+        self._new_w3c = self._formats[0] == "w3c"
         self._writers: dict[tuple[str, ...], Writer] = {}
         self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
+        self._ratio, self._rand = self._sampler.ratio, self._sampler.rand  # inlined per request
         self._trace_errors = 0
         if tracer is not None:
             self.exchange_started = self._started_traced
@@ -178,6 +183,21 @@ class MeshObserver:
 
     def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
         caller, present = read(headers, self._formats)
+        if caller is None and not present and self._new_w3c:
+            # A new trace in W3C form, the common case: one draw and one
+            # formatting for both ids and the field.
+            bits = _getrandbits(192)
+            trace, span = bits >> 64, bits & _SPAN_BITS
+            if not trace or not span:  # all-zero ids are invalid
+                return self._started_traced(exchange, headers)
+            ratio = self._ratio
+            sampled = ratio >= 1.0 or (ratio > 0.0 and self._rand() < ratio)
+            value = (_TRACEPARENT_SAMPLED if sampled else _TRACEPARENT) % (trace, span)
+            if sampled or self._log is not None:  # the ids are read by a span or a log line
+                exchange.trace_id = value[3:35].decode()
+                exchange.span_id = value[36:52].decode()
+                exchange.trace_sampled = sampled
+            return [(b"traceparent", value)]
         if caller is None:
             # One draw for both ids: 128 bits of trace, 64 of span.
             ids = b"%048x" % _getrandbits(192)

@@ -39,17 +39,17 @@ __all__ = ["ExchangeTracer", "RatioSampler"]
 class RatioSampler:
     """Decides for new traces: sampled with probability ``ratio``."""
 
-    __slots__ = ("_random", "ratio")
+    __slots__ = ("rand", "ratio")
 
     def __init__(self, ratio: float, rand: Callable[[], float] = random.random) -> None:
         self.ratio = ratio
-        self._random = rand
+        self.rand = rand
 
     def decide(self, upstream_decision: bool | None) -> bool:
         if upstream_decision is not None:
             return upstream_decision  # the caller's sampled flag is honoured
         ratio = self.ratio
-        return ratio >= 1.0 or (ratio > 0.0 and self._random() < ratio)
+        return ratio >= 1.0 or (ratio > 0.0 and self.rand() < ratio)
 
 
 class _GivenIds:
