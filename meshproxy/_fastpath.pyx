@@ -24,6 +24,7 @@ __all__ = [
     "ParseError",
     "RequestHead",
     "ResponseHead",
+    "SplitRoutes",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",

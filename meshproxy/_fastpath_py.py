@@ -29,6 +29,8 @@ API (both implementations export exactly these names):
   trailers), or 502 when ``response`` is true.
 * ``split_bucket(key) -> int``: the traffic-split bucket of a key in [0, 10000)
   (``meshproxy.routing.split`` explains it; the values are a wire contract).
+* ``SplitRoutes(routes, bounds, rand)``: the routes of a weighted split;
+  ``.pick()`` / ``.pick_key(key)`` choose one (``_fastpath_split_py`` says how).
 * ``BODY_NONE / BODY_LENGTH / BODY_CHUNKED / BODY_UNTIL_CLOSE / BODY_TUNNEL``.
 * ``DEFAULT_MAX_HEAD``, ``DEFAULT_MAX_HEADERS``: the limits above.
 * ``header_value(headers, lname) -> bytes | None``: the first value of the
@@ -87,7 +89,7 @@ from meshproxy._fastpath_fields_py import (
     is_token,
     keep_alive_timeout,
 )
-from meshproxy._fastpath_split_py import split_bucket
+from meshproxy._fastpath_split_py import SplitRoutes, split_bucket
 
 __all__ = [
     "BODY_CHUNKED",
@@ -101,6 +103,7 @@ __all__ = [
     "ParseError",
     "RequestHead",
     "ResponseHead",
+    "SplitRoutes",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",

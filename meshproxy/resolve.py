@@ -8,7 +8,9 @@ protocols only call ``resolve`` and ``resolve_tcp``.
 
 Outbound: the service is the one named by the Host (or the absolute-form
 authority), exact name or the label before the first dot; the route table of
-that service picks the rule and the backend (service, subset).  Inbound: the
+that service picks the rule and the backend (service, subset); a host whose
+first rule takes every request is answered from the host alone (its route, or
+the fast path's ``SplitRoutes`` of a weighted split).  Inbound: the
 listener's ``local_app``, through a one-endpoint cluster so that the counters
 and the protocol code are the same.  The answer is a ``Route``: one per
 (rule, backend) and snapshot, shared by requests, carrying what the data path
@@ -27,7 +29,7 @@ from meshproxy import fastpath as fp
 from meshproxy.config import Listener, Snapshot
 from meshproxy.config.policy import Policy
 from meshproxy.config.types import parse_host_port
-from meshproxy.routing import CompiledRoutes, Decision, RetryBudget, hash_key
+from meshproxy.routing import CompiledRoutes, CompiledRule, Decision, RetryBudget, hash_key
 from meshproxy.routing.actions import FaultPolicy, HeaderEdit
 from meshproxy.routing.retry import RetryPolicy
 from meshproxy.routing.table import MirrorPolicy
@@ -159,14 +161,35 @@ NO_HOST = LocalReply(400, "missing host", "DPE")
 NO_ENDPOINTS = LocalReply(503, "no healthy upstream", "UH")
 
 
+class _KeyedSplit:
+    """A split by a request key (header, cookie, client address); a request
+    without the key gets a random bucket, as ``CompiledRule.choose`` does."""
+
+    __slots__ = ("client", "cookie", "header", "routes")
+
+    def __init__(self, rule: CompiledRule, routes: fp.SplitRoutes[Route]) -> None:
+        self.routes = routes
+        self.header = rule.hash_header
+        self.cookie = rule.hash_cookie
+        self.client = rule.hash_client
+
+    def pick(self, headers: list[tuple[bytes, bytes]], client_ip: str) -> Route:
+        key = hash_key(headers, client_ip, self.header, self.cookie, self.client)
+        if key is None:
+            return self.routes.pick()
+        return self.routes.pick_key(key)
+
+
 class Resolver:
     __slots__ = (
         "_budgets",
         "_by_host",
         "_fixed",
+        "_keyed",
         "_local",
         "_routes",
         "_services",
+        "_splits",
         "routes",
         "upstreams",
     )
@@ -202,15 +225,28 @@ class Resolver:
             name.lower().encode(): name for name in snapshot.services
         }
         self._routes: dict[Decision, Route] = {}
-        # Hosts of services without a route table: their default rule answers
-        # every request the same way, so the route is found by the Host alone.
-        routed = {table.service for table in snapshot.routes}
+        # Hosts whose first rule matches every request (a service without a
+        # route table has one such default rule) are answered by the Host
+        # alone, without a look at the table: ``_fixed`` when the rule has
+        # one live backend, ``_splits`` when it splits at random, ``_keyed``
+        # when it splits by a key (``CompiledRule.choose``, precomputed).
         self._fixed: dict[bytes, Route] = {}
+        self._splits: dict[bytes, fp.SplitRoutes[Route]] = {}
+        self._keyed: dict[bytes, _KeyedSplit] = {}
         for host_name, name in self._by_host.items():
-            if name not in routed:
-                decision = self.routes.select(name, None, b"GET", b"/", [])
-                if decision is not None:
-                    self._fixed[host_name] = self._route_for(decision)
+            rules = self.routes.rules_for(name, host_name)
+            if not rules or not rules[0].match_all:
+                continue
+            rule = rules[0]
+            if rule.fixed is not None:
+                self._fixed[host_name] = self._route_for(rule.fixed)
+            else:
+                routes = tuple(self._route_for(d) for d in rule.decisions[0])
+                split = fp.SplitRoutes(routes, rule.bounds, rand)
+                if rule.hash_header is not None or rule.hash_cookie is not None or rule.hash_client:
+                    self._keyed[host_name] = _KeyedSplit(rule, split)
+                else:
+                    self._splits[host_name] = split
         self._local: dict[str, Route] = {}
         for listener in listeners:
             if listener.local_app:
@@ -262,6 +298,12 @@ class Resolver:
         fixed = self._fixed.get(authority)
         if fixed is not None:
             return fixed
+        split = self._splits.get(authority)
+        if split is not None:
+            return split.pick()
+        keyed = self._keyed.get(authority)
+        if keyed is not None:
+            return keyed.pick(head.headers, client_ip)
         service = self._service_for(authority)
         if service is None:
             return UNKNOWN_SERVICE

@@ -296,6 +296,14 @@ class CompiledRoutes:
                 return rule.choose(block, headers, client_address, self._rand)
         return None
 
+    def rules_for(self, service: str, host: bytes | None) -> tuple[CompiledRule, ...]:
+        """The rules ``select`` tries, in order, for ``host`` of ``service``
+        (empty for an unknown service)."""
+        routes = self._services.get(service)
+        if routes is None:
+            return ()
+        return routes.rules_for(host)
+
     def subset_endpoints(self, service: str, subset: str | None = None) -> tuple[Endpoint, ...]:
         """The endpoints of a subset (``None``: the whole service) as of this
         snapshot; raises ``KeyError`` for an unknown service or subset."""
