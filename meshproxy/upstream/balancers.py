@@ -3,7 +3,7 @@
 A balancer never looks at health, ejection, breakers or zones: ``Cluster``
 hands it the endpoints that may take traffic right now, rebuilt when that set
 changes (``rebuild``), so ``pick`` stays a handful of attribute lookups and at
-most two random draws.  No clocks, no I/O; randomness comes from the injected
+most one random draw.  No clocks, no I/O; randomness comes from the injected
 ``rand`` (a ``random.Random().random``-like callable returning [0, 1)).
 
 * ``RoundRobin``: weighted by an earliest-deadline-first schedule computed at
@@ -11,7 +11,8 @@ most two random draws.  No clocks, no I/O; randomness comes from the injected
   sidecars started together do not all hit the first endpoint first.
 * ``RandomPick``: uniform, or by cumulative weight.
 * ``LeastRequest``: power of two choices on active requests (divided by the
-  weight when weights differ), as Envoy's least_request with choice_count 2.
+  weight when weights differ), as Envoy's least_request with choice_count 2;
+  both choices come from one random draw.
 * ``RingHash``: Karger's ring, as Envoy's ring_hash.  Each endpoint owns
   ``weight * points_per_weight`` points placed by hashing its name, so the
   points of the survivors do not move when another endpoint leaves or
@@ -25,6 +26,7 @@ import math
 import zlib
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from math import floor as _floor
 from typing import Protocol
 
 from meshproxy.upstream.endpoint import EndpointState
@@ -34,6 +36,10 @@ Rand = Callable[[], float]
 # A weighted round-robin schedule longer than this is scaled down: it keeps
 # rebuilds cheap for very large clusters at the cost of weight precision.
 _MAX_SCHEDULE = 1 << 16
+
+# Least request lists every ordered pair of endpoints up to this cluster size
+# (240 pairs); larger clusters compute the pair from the draw.
+_MAX_PAIR_TABLE = 16
 
 
 class Balancer(Protocol):
@@ -130,30 +136,48 @@ class RandomPick:
 
 
 class LeastRequest:
-    __slots__ = ("_endpoints", "_n", "_rand", "_weighted")
+    """Power of two choices: one draw picks an ordered pair of distinct
+    endpoints, uniform over the ``n * (n - 1)`` pairs, and the pair's first
+    endpoint wins ties.  For small clusters the pairs are listed at rebuild,
+    so a pick is one draw, one index and one comparison."""
+
+    __slots__ = ("_endpoints", "_n", "_pairs", "_rand", "_span", "_weighted")
 
     def __init__(self, rand: Rand) -> None:
         self._rand = rand
         self._endpoints: list[EndpointState] = []
         self._n = 0
+        self._span = 0  # n * (n - 1): the number of ordered pairs
+        self._pairs: list[tuple[EndpointState, EndpointState]] | None = None
         self._weighted = False
 
     def rebuild(self, endpoints: Sequence[EndpointState]) -> None:
         self._endpoints = list(endpoints)
-        self._n = len(endpoints)
+        n = self._n = len(endpoints)
+        self._span = n * (n - 1)
         self._weighted = bool(endpoints) and not _uniform(endpoints)
+        # Pair k is (k // (n - 1), the k % (n - 1)-th of the others), listed
+        # or computed: the same draw gives the same pair either way.
+        self._pairs = (
+            [(a, b) for i, a in enumerate(endpoints) for j, b in enumerate(endpoints) if i != j]
+            if 2 <= n <= _MAX_PAIR_TABLE
+            else None
+        )
 
     def pick(self, key: bytes | None) -> EndpointState | None:
-        n = self._n
-        if n < 2:
-            return self._endpoints[0] if n else None
-        rand = self._rand
-        i = int(rand() * n)
-        j = int(rand() * (n - 1))
-        if j >= i:
-            j += 1
-        a = self._endpoints[i]
-        b = self._endpoints[j]
+        pairs = self._pairs
+        if pairs is not None:
+            # floor, not int(): the same index for a draw in [0, 1), cheaper.
+            a, b = pairs[_floor(self._rand() * self._span)]
+        else:
+            n = self._n
+            if n < 2:
+                return self._endpoints[0] if n else None
+            i, j = divmod(_floor(self._rand() * self._span), n - 1)
+            if j >= i:
+                j += 1
+            a = self._endpoints[i]
+            b = self._endpoints[j]
         if self._weighted:
             # (active + 1) / weight, cross-multiplied to stay in integers.
             if (a.active_requests + 1) * b.weight <= (b.active_requests + 1) * a.weight:

@@ -124,6 +124,32 @@ def test_round_robin_does_not_steer_around_a_slow_endpoint() -> None:
     assert counts[eps[0]] == 200
 
 
+@pytest.mark.parametrize("n", [2, 4, 16, 17, 20])
+def test_least_request_draws_one_ordered_pair_of_distinct_endpoints(n: int) -> None:
+    # One draw per pick, each of the n * (n - 1) ordered pairs owning an equal
+    # slice of [0, 1).  With endpoint i holding i active requests, the pick is
+    # the pair's lower index: i wins the 2 * (n - 1 - i) pairs it is in with a
+    # higher one.  Clusters listed at rebuild and those computed per pick agree.
+    eps = endpoints(n)
+    for i, e in enumerate(eps):
+        e.active_requests = i
+    span = n * (n - 1)
+    draws = iter([(k + 0.5) / span for k in range(span)])
+    lr = LeastRequest(lambda: next(draws))
+    lr.rebuild(eps)
+    counts = Counter(lr.pick(None) for _ in range(span))
+    assert next(draws, None) is None
+    assert [counts[e] for e in eps] == [2 * (n - 1 - i) for i in range(n)]
+
+
+def test_least_request_ties_go_to_the_first_choice_evenly() -> None:
+    eps = endpoints(3)
+    draws = iter([(k + 0.5) / 6 for k in range(6)])
+    lr = LeastRequest(lambda: next(draws))
+    lr.rebuild(eps)
+    assert Counter(lr.pick(None) for _ in range(6)) == Counter({e: 2 for e in eps})
+
+
 def test_weighted_least_request_divides_active_by_weight() -> None:
     eps = endpoints(2, [4, 1])
     lr = LeastRequest(random.Random(6).random)
