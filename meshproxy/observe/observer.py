@@ -43,6 +43,7 @@ import random
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from meshproxy import fastpath as fp
 from meshproxy.config import Bootstrap, Snapshot
 from meshproxy.config.observability import Observability
 from meshproxy.observe.accesslog import AccessLog
@@ -56,6 +57,7 @@ __all__ = ["MeshObserver", "static_version"]
 log = logging.getLogger("meshproxy")
 
 _getrandbits = random.getrandbits
+_header_value = fp.header_value
 
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
@@ -179,6 +181,7 @@ class MeshObserver:
         if caller is not None:
             exchange.trace_id = caller.trace_id
             exchange.parent_span_id = caller.span_id
+        exchange.user_agent = _header_value(headers, b"user-agent") or b""
         return _NO_FIELDS
 
     def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
@@ -197,6 +200,7 @@ class MeshObserver:
                 exchange.trace_id = value[3:35].decode()
                 exchange.span_id = value[36:52].decode()
                 exchange.trace_sampled = sampled
+                exchange.user_agent = _header_value(headers, b"user-agent") or b""
             return [(b"traceparent", value)]
         if caller is None:
             # One draw for both ids: 128 bits of trace, 64 of span.
@@ -216,6 +220,8 @@ class MeshObserver:
             return self._started_traced(exchange, headers)  # all-zero ids are invalid
         exchange.span_id = sid.decode()
         exchange.trace_sampled = sampled
+        if sampled or self._log is not None:
+            exchange.user_agent = _header_value(headers, b"user-agent") or b""
         if not present:
             return self._write_new(tid, sid, sampled, parent)
         write = self._writers.get(present)

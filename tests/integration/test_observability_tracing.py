@@ -135,6 +135,7 @@ async def test_spans_are_exported_with_the_callers_ids_and_http_attributes(
     assert attrs["url.query"] == "x=1"
     assert attrs["http.response.status_code"] == 200
     assert attrs["meshproxy.destination_service"] == "web"
+    assert attrs["user_agent.original"] == "t/1"
     assert span.end_time_unix_nano > span.start_time_unix_nano > 0
 
     # The origin saw our span as its parent, in each format the caller sent
@@ -152,6 +153,7 @@ async def test_spans_are_exported_with_the_callers_ids_and_http_attributes(
 
     lines = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert (lines[0]["trace_id"], lines[0]["span_id"]) == (TRACE, our_span)
+    assert [r["user_agent"] for r in lines] == ["t/1", None, None]
     assert [r["response_code"] for r in lines] == [200, 200, 200]
 
 

@@ -66,7 +66,6 @@ def exchange(
     ex.method = b"GET"
     ex.authority = b"ratings:9080"
     ex.path = b"/ratings/7?detail=1"
-    ex.user_agent = b"curl/8"
     ex.status = status
     ex.flags = flags
     ex.duration = duration
@@ -210,9 +209,8 @@ def traced(sampling: float = 1.0, **extra: Any) -> tuple[MeshObserver, InMemoryS
 def test_incoming_traceparent_becomes_the_parent_of_our_span() -> None:
     observer, spans = traced(sampling=0.0)  # the caller's flag wins over the ratio
     ex = exchange()
-    out = dict(
-        observer.exchange_started(ex, [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode())])
-    )
+    fields = [(b"traceparent", f"00-{TRACE}-{PARENT}-01".encode()), (b"User-Agent", b"curl/8")]
+    out = dict(observer.exchange_started(ex, fields))
     assert ex.trace_id == TRACE and ex.parent_span_id == PARENT and ex.trace_sampled
     assert ex.span_id != PARENT and len(ex.span_id) == 16
     # Passed on in the format it came in, nothing more.
