@@ -51,6 +51,7 @@ from meshproxy.http1.context import MetricsObserver
 from meshproxy.http1.policy import ListenerPolicy
 from meshproxy.observe.exchange import Observer
 from meshproxy.observe.metrics import ProxyMetrics, mark_worker_dead
+from meshproxy.observe.multiproc import MULTIPROC_ENV
 from meshproxy.observe.observer import MeshObserver
 from meshproxy.policy import Counters, compile_chain
 from meshproxy.resolve import Resolver
@@ -70,7 +71,6 @@ log = logging.getLogger("meshproxy")
 WORKER_INDEX_ENV = "MESHPROXY_WORKER_INDEX"
 WORKER_PORTS_ENV = "MESHPROXY_WORKER_PORTS"
 READY_FD_ENV = "MESHPROXY_READY_FD"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RESTART_DELAY = 0.5
 
 

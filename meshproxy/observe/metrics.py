@@ -46,7 +46,6 @@ import os
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -59,11 +58,17 @@ from prometheus_client import (
     values,
 )
 from prometheus_client.metrics_core import Metric
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from meshproxy import __version__
 from meshproxy.fastpath import IMPLEMENTATION
 from meshproxy.observe.exchange import Exchange
+from meshproxy.observe.multiproc import (
+    MULTIPROC_ENV,
+    HideRetiredConfigs,
+    mark_worker_dead,
+    use_value_store,
+)
 from meshproxy.observe.series import BoundedLabel, RunningCounter, RunningHistogram, upper_bounds
 from meshproxy.observe.upstreams import UpstreamGauges, UpstreamView
 
@@ -76,7 +81,6 @@ __all__ = [
     "mark_worker_dead",
 ]
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 UNKNOWN_SERVICE = "unknown"
 NO_STATUS = "0"
 DIRECTIONS = frozenset({"outbound", "inbound"})
@@ -168,7 +172,7 @@ class ProxyMetrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self.multiproc_dir = os.environ.get(MULTIPROC_ENV) or None
-        _use_value_store(multiprocess=self.multiproc_dir is not None)
+        use_value_store(multiprocess=self.multiproc_dir is not None)
         self._service_label = BoundedLabel(MAX_UNDECLARED_SERVICES, UNKNOWN_SERVICE)
         self._subset_label = BoundedLabel(MAX_SUBSETS)
         self._route_label = BoundedLabel(MAX_ROUTES)
@@ -472,7 +476,7 @@ class ProxyMetrics:
             yield from self.registry.collect()
             return
         collector = MultiProcessCollector(None, path=self.multiproc_dir)  # type: ignore[no-untyped-call]
-        yield from _HideRetiredConfigs(collector).collect()
+        yield from HideRetiredConfigs(collector).collect()
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text of this process, or in multi-process mode of every worker."""
@@ -565,27 +569,8 @@ class ProxyMetrics:
         return child
 
 
-def mark_worker_dead(pid: int, multiproc_dir: str | None = None) -> None:
-    """Drop a dead worker's live gauges (its open connections) from multi-process scrapes."""
-    mark_process_dead(pid, multiproc_dir or os.environ.get(MULTIPROC_ENV))  # type: ignore[no-untyped-call]
-
-
 def _code_label(status: int) -> str:
     return str(status) if 100 <= status <= 599 else NO_STATUS
-
-
-def _use_value_store(*, multiprocess: bool) -> None:
-    """Make prometheus-client store values per process (mmap) or in memory, as asked.
-
-    prometheus-client picks its value store from the environment once, when it
-    is first imported; the runtime may import it before it sets the variable and
-    forks, so the choice is made again here, before any metric is built.
-    """
-    current: Any = values.ValueClass
-    if bool(getattr(current, "_multiprocess", False)) != multiprocess:
-        values.ValueClass = (
-            values.MultiProcessValue() if multiprocess else values.MutexValue  # type: ignore[no-untyped-call]
-        )
 
 
 class _Collected:
@@ -596,16 +581,3 @@ class _Collected:
 
     def collect(self) -> Iterator[Metric]:
         return self._metrics.collect()
-
-
-class _HideRetiredConfigs:
-    """Drops the zero samples that retired config versions leave in the mmap files."""
-
-    def __init__(self, inner: MultiProcessCollector) -> None:
-        self._inner = inner
-
-    def collect(self) -> Iterator[Metric]:
-        for metric in self._inner.collect():  # type: ignore[no-untyped-call]
-            if metric.name == "meshproxy_config_version":
-                metric.samples = [s for s in metric.samples if s.value != 0]
-            yield metric
