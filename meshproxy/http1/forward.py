@@ -30,9 +30,12 @@ import random
 from typing import TYPE_CHECKING
 
 from meshproxy.http1.context import ListenerContext
+from meshproxy.http1.mirror import send_mirror
 from meshproxy.http1.replies import CONTINUE, local_reply
 from meshproxy.http1.upstream import PendingConnect, UpstreamConnection
 from meshproxy.observe.exchange import (
+    FAULT_ABORT,
+    FAULT_DELAY,
     NO_HEALTHY_UPSTREAM,
     UPSTREAM_CONNECT_FAILURE,
     UPSTREAM_OVERFLOW,
@@ -41,7 +44,14 @@ from meshproxy.observe.exchange import (
     UPSTREAM_TIMEOUT,
     Exchange,
 )
-from meshproxy.routing import CONNECT_FAILURE, RESET, backoff, should_retry
+from meshproxy.routing import (
+    CONNECT_FAILURE,
+    RESET,
+    backoff,
+    fault_for,
+    mirror_for,
+    should_retry,
+)
 from meshproxy.routing.actions import HeaderEdit
 from meshproxy.routing.retry import Outcome, RetryPolicy
 from meshproxy.upstream import EndpointState, Failure
@@ -265,6 +275,37 @@ class Forwarder(asyncio.Protocol):
         if self.state == CLOSED or self.sent is None:
             return
         self.start_try(self.sent)
+
+    def start_ruled(
+        self, route: Route, payload: bytes, method: bytes, mirrored: bytes | None
+    ) -> None:
+        """Start the first try of a rule's request after its fault (abort or
+        delay) and its mirror (``mirrored``: the whole request as the mirror
+        gets it, or None when it cannot be copied)."""
+        ex = self.exchange
+        assert ex is not None
+        delay = 0.0
+        if route.fault is not None:
+            action = fault_for(route.fault, _rand(), _rand())
+            if action.abort is not None:
+                ex.add_flag(FAULT_ABORT)
+                self.fail(action.abort, "fault filter abort")
+                return
+            delay = action.delay
+        if (
+            mirrored is not None
+            and route.mirror_cluster is not None
+            and mirror_for(route.mirror, _rand()) is not None
+        ):
+            ctx = self.ctx
+            timeout = route.timeout if route.timeout is not None else ctx.request_timeout
+            send_mirror(ctx, route.mirror_cluster, mirrored, method, timeout)
+        if delay:
+            ex.add_flag(FAULT_DELAY)
+            self.pending = [payload]  # the body that arrives meanwhile joins it
+            self.wait_timer = self.ctx.loop.call_later(delay, self.delay_over)
+            return
+        self.start_try(payload)
 
     def delay_over(self) -> None:
         """A fault delay has passed: forward what was held meanwhile."""

@@ -53,20 +53,12 @@ from meshproxy.http1.head import (
     new_request_id,
     origin_form,
 )
-from meshproxy.http1.mirror import send_mirror
 from meshproxy.http1.policy import ListenerPolicy, run_request_phase
 from meshproxy.http1.replies import local_reply
-from meshproxy.observe.exchange import (
-    BAD_REQUEST,
-    DOWNSTREAM_TERMINATED,
-    FAULT_ABORT,
-    FAULT_DELAY,
-    Exchange,
-)
+from meshproxy.observe.exchange import BAD_REQUEST, DOWNSTREAM_TERMINATED, Exchange
 from meshproxy.policy import LocalReply as PolicyReply
 from meshproxy.policy import RequestContext
 from meshproxy.resolve import LocalReply
-from meshproxy.routing import fault_for, mirror_for
 
 log = logging.getLogger("meshproxy")
 _rand = random.random
@@ -375,30 +367,15 @@ class HttpServer(Forwarder):
         if route.plain:
             self.start_try(payload, now)
             return
-        delay = 0.0
-        if route.fault is not None:
-            action = fault_for(route.fault, _rand(), _rand())
-            if action.abort is not None:
-                ex.add_flag(FAULT_ABORT)
-                self.fail(action.abort, "fault filter abort")
-                return
-            delay = action.delay
+        mirrored = None
         if (
             mirror_head is not None
             and done
             and len(payload) - head_size <= REPLAY_LIMIT
             and route.mirror_cluster is not None
-            and mirror_for(route.mirror, _rand()) is not None
         ):
-            timeout = route.timeout if route.timeout is not None else ctx.request_timeout
             mirrored = mirror_head + payload[head_size:]
-            send_mirror(ctx, route.mirror_cluster, mirrored, head.method, timeout)
-        if delay:
-            ex.add_flag(FAULT_DELAY)
-            self.pending = [payload]  # the body that arrives meanwhile joins it
-            self.wait_timer = ctx.loop.call_later(delay, self.delay_over)
-            return
-        self.start_try(payload)
+        self.start_ruled(route, payload, head.method, mirrored)
 
     def local_answer(self, head: fp.RequestHead, ex: Exchange, reply: LocalReply) -> None:
         """Answer a request the resolver refused; the exchange ends here."""
