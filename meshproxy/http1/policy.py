@@ -54,7 +54,7 @@ from meshproxy.observe.exchange import (
     Exchange,
 )
 from meshproxy.policy import FilterChain, LocalReply, RequestContext
-from meshproxy.policy.authz import normalize_path
+from meshproxy.policy.authz import normalize_path, plain_path
 from meshproxy.policy.reply import FILTER_ERROR
 
 if TYPE_CHECKING:
@@ -113,10 +113,10 @@ class ListenerPolicy:
 
 def forwarded_path(path: bytes) -> bytes | None:
     """The path to check and forward (see the module docstring); None: refuse it."""
-    if b"%" not in path and b"/." not in path and b"//" not in path:
+    if plain_path(path):
         return path  # the common case: nothing to normalise
     only, mark, query = path.partition(b"?")
-    if any(sep in only for sep in _ESCAPED_SEPARATORS):
+    if 0x25 in only and any(sep in only for sep in _ESCAPED_SEPARATORS):
         return None
     normal = normalize_path(only)
     return normal + mark + query if normal != only else path
@@ -135,8 +135,13 @@ def run_request_phase(
     now: float,
 ) -> None:
     """Run the request phase for a parsed head; answer, route, or wait for it."""
-    # The usual path has nothing to normalise: tested inline, no call.
-    checked = forwarded_path(path) if b"%" in path or b"/." in path or b"//" in path else path
+    # The usual path has nothing to normalise: tested inline, no call (no
+    # ``b"%" in path`` either: see ``policy.authz.plain_path``).
+    checked = (
+        path
+        if 0x25 not in path and 0x2E not in path and not path.partition(b"//")[1]
+        else forwarded_path(path)
+    )
     if checked is None:
         ex.add_flag(BAD_REQUEST)
         server.ctx.observer.exchange_started(ex, head.headers)

@@ -253,9 +253,7 @@ class FilterChain:
 
     def on_request(self, ctx: RequestContext) -> LocalReply | Pending | None:
         """Run the request phase synchronously as far as it goes (see module doc)."""
-        hooks = self._request
-        for k in range(len(hooks)):
-            i, hook = hooks[k]
+        for i, hook in self._request:
             try:
                 result = hook(ctx)
             except Exception as exc:
@@ -265,11 +263,10 @@ class FilterChain:
             if result.__class__ is LocalReply:
                 ctx.ran = i
                 return result
-            return self._after(k, result, ctx)
+            return self._after(i, result, ctx)
         return None
 
-    def _after(self, k: int, result: object, ctx: RequestContext) -> LocalReply | Pending | None:
-        i = self._request[k][0]
+    def _after(self, i: int, result: object, ctx: RequestContext) -> LocalReply | Pending | None:
         if result is STOP:
             self._ran(ctx, i + 1)
             return None
@@ -277,6 +274,7 @@ class FilterChain:
             self._ran(ctx, i)
             return result
         if inspect.isawaitable(result):
+            k = next(k for k, (j, _) in enumerate(self._request) if j == i)
             return Pending(self._resume_request(k, result, ctx), result)
         return self._failed(i, TypeError(f"hook returned {type(result).__name__}"))
 

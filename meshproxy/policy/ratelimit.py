@@ -32,6 +32,15 @@ DEFAULT_MAX_KEYS = 100_000
 KeyOf = Callable[[RequestContext], Hashable | None]
 
 
+class _NoKey:
+    """Equal to no key: the ``BucketTable`` remembers no last key yet."""
+
+    __slots__ = ()
+
+
+_NO_KEY = _NoKey()
+
+
 class TokenBucket:
     __slots__ = ("capacity", "rate", "stamp", "tokens")
 
@@ -43,19 +52,27 @@ class TokenBucket:
 
     def take(self, now: float) -> tuple[bool, float, int]:
         """Take one token: ``(allowed, retry_after seconds, remaining tokens)``."""
-        elapsed = now - self.stamp
+        if self.admit(now):
+            return True, 0.0, int(self.tokens)
+        return False, self.retry_after(), 0
+
+    def admit(self, now: float) -> bool:
+        """Take one token if there is one (the hot path: no tuple, no conversion)."""
         tokens = self.tokens
-        if elapsed > 0:
-            tokens += elapsed * self.rate
+        if now > self.stamp:
+            tokens += (now - self.stamp) * self.rate
             if tokens > self.capacity:
                 tokens = self.capacity
             self.stamp = now
         if tokens >= 1.0:
-            tokens -= 1.0
-            self.tokens = tokens
-            return True, 0.0, int(tokens)
+            self.tokens = tokens - 1.0
+            return True
         self.tokens = tokens
-        return False, (1.0 - tokens) / self.rate, 0
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until the next token, right after ``admit`` refused one."""
+        return (1.0 - self.tokens) / self.rate
 
     def is_full(self, now: float) -> bool:
         return self.tokens + (now - self.stamp) * self.rate >= self.capacity
@@ -64,7 +81,7 @@ class TokenBucket:
 class BucketTable:
     """Token buckets by key, at most ``max_keys`` of them."""
 
-    __slots__ = ("_buckets", "capacity", "max_keys", "rate")
+    __slots__ = ("_buckets", "_last", "_last_key", "capacity", "max_keys", "rate")
 
     def __init__(self, rate: float, capacity: float, max_keys: int = DEFAULT_MAX_KEYS) -> None:
         if rate <= 0 or capacity < 1 or max_keys < 1:
@@ -73,6 +90,10 @@ class BucketTable:
         self.capacity = capacity
         self.max_keys = max_keys
         self._buckets: OrderedDict[Hashable, TokenBucket] = OrderedDict()
+        # The most recently used key and its bucket: it is already last in the
+        # LRU order, so a run of requests from one key costs one comparison.
+        self._last_key: Hashable = _NO_KEY
+        self._last = TokenBucket(rate, capacity, 0.0)  # a stand-in, never matched
 
     def __len__(self) -> int:
         return len(self._buckets)
@@ -80,7 +101,10 @@ class BucketTable:
     def __contains__(self, key: Hashable) -> bool:
         return key in self._buckets
 
-    def take(self, key: Hashable, now: float) -> tuple[bool, float, int]:
+    def bucket(self, key: Hashable, now: float) -> TokenBucket:
+        """The bucket of ``key`` (made full when new), now the most recently used."""
+        if key == self._last_key:
+            return self._last
         buckets = self._buckets
         bucket = buckets.get(key)
         if bucket is None:
@@ -89,7 +113,12 @@ class BucketTable:
             bucket = buckets[key] = TokenBucket(self.rate, self.capacity, now)
         else:
             buckets.move_to_end(key)
-        return bucket.take(now)
+        self._last_key = key
+        self._last = bucket
+        return bucket
+
+    def take(self, key: Hashable, now: float) -> tuple[bool, float, int]:
+        return self.bucket(key, now).take(now)
 
     def _evict(self, now: float) -> None:
         """Free a tenth of the table so the next evictions are far apart
@@ -157,11 +186,13 @@ def too_many(name: bytes, policy: bytes, retry_after: float) -> LocalReply:
 
 
 class _Limit:
-    __slots__ = ("key_of", "label", "name", "policy", "replies", "table")
+    __slots__ = ("by_client", "key_of", "label", "name", "policy", "replies", "table")
 
     def __init__(self, limit: RateLimit, max_keys: int) -> None:
         self.label = limit_name(limit)
         self.name = self.label.encode()
+        # The usual key is read inline by the filter; the others through ``key_of``.
+        self.by_client = limit.key == "client_address"
         self.key_of = key_function(limit)
         self.policy = policy_header(limit)
         self.table = BucketTable(limit.requests_per_second, capacity_of(limit), max_keys)
@@ -195,11 +226,19 @@ class LocalRateLimit:
     def on_request(self, ctx: RequestContext) -> LocalReply | None:
         now = ctx.now
         for limit in self._limits:
-            key = limit.key_of(ctx)
-            if key is None:
-                continue
-            allowed, retry_after, _remaining = limit.table.take(key, now)
-            if not allowed:
+            if limit.by_client:
+                key: Hashable | None = ctx.client_ip
+                if not key:
+                    continue
+            else:
+                key = limit.key_of(ctx)
+                if key is None:
+                    continue
+            table = limit.table
+            # The table's last bucket read inline: a keep-alive client's run of
+            # requests costs no call to find it.
+            bucket = table._last if key == table._last_key else table.bucket(key, now)
+            if not bucket.admit(now):
                 self.counters.incr("ratelimit_denied", limit.label)
-                return limit.refusal(retry_after)
+                return limit.refusal(bucket.retry_after())
         return None

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from meshproxy.config.access import Access, AccessCondition
 from meshproxy.policy import LocalReply, RequestContext
-from meshproxy.policy.authz import Authz, claim_value, normalize_path, path_matcher
+from meshproxy.policy.authz import Authz, claim_value, normalize_path, path_matcher, plain_path
 
 
 def policy(action: str, *rules: dict[str, Any], **kw: Any) -> Access:
@@ -204,3 +206,49 @@ def test_condition_config_needs_one_source_and_some_values() -> None:
         AccessCondition.model_validate({"header": "a", "claim": "b", "values": ["x"]})
     with pytest.raises(ValidationError, match="values or not_values"):
         AccessCondition.model_validate({"header": "a"})
+
+
+_METHODS = st.sampled_from([b"GET", b"POST", b"DELETE", b"get"])
+_PATTERNS = st.sampled_from(["/a", "/a/*", "*.json", "/a/*/c", "/**/c", "/b?", "/"])
+_PATHS = st.sampled_from(
+    [b"/", b"/a", b"/a/b", b"/a/b/c", b"/x.json", b"/a/../b1", b"//a/x/c", b"/bz?q=1", b"/b"]
+)
+_OPERATION_RULES = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "to": st.fixed_dictionaries(
+                {},
+                optional={
+                    "methods": st.lists(st.sampled_from(["GET", "POST", "DELETE"]), min_size=1),
+                    "paths": st.lists(_PATTERNS, min_size=1, max_size=3),
+                },
+            )
+        },
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(["allow", "deny"]), _OPERATION_RULES), max_size=3),
+    st.lists(st.tuples(_METHODS, _PATHS), min_size=1, max_size=6),
+)
+def test_policies_on_method_and_path_decide_as_rule_by_rule(
+    policies: list[tuple[str, list[dict[str, Any]]]], requests: list[tuple[bytes, bytes]]
+) -> None:
+    compiled = Authz([policy(action, *rules) for action, rules in policies])
+    # A deny rule no request matches, on the caller: the rules are then tried
+    # one by one, which is the reference the compiled table must agree with.
+    never = policy("deny", {"from": {"principals": ["nobody"]}})
+    by_rule = Authz([policy(action, *rules) for action, rules in policies] + [never])
+    for method, path in requests:
+        expected = by_rule.on_request(request(method=method, path=path))
+        assert compiled.on_request(request(method=method, path=path)) is expected
+    assert list(compiled.counters.items()) == list(by_rule.counters.items())
+
+
+@given(st.binary(max_size=12).map(lambda b: bytes(b"/.%a?"[x % 5] for x in b)))
+def test_plain_path_finds_exactly_what_normalisation_would_look_at(path: bytes) -> None:
+    assert plain_path(path) is not (b"%" in path or b"/." in path or b"//" in path)

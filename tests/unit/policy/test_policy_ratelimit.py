@@ -99,6 +99,16 @@ def test_table_at_its_cap_with_no_full_bucket_evicts_the_least_recently_used() -
     assert 1 not in table
 
 
+def test_table_keeps_a_key_used_in_a_run_the_most_recent() -> None:
+    table = BucketTable(rate=0.001, capacity=3, max_keys=3)
+    for key in ("a", "b", "c", "a", "a"):  # "a" twice in a row, then new keys
+        table.take(key, 0.0)
+    table.take("d", 1.0)
+    assert "a" in table and "d" in table
+    assert "b" not in table
+    assert not table.take("a", 1.0)[0]  # still the bucket that gave its 3 tokens
+
+
 def test_table_stays_bounded_under_a_key_flood() -> None:
     table = BucketTable(rate=1.0, capacity=1, max_keys=1000)
     for i in range(20_000):
