@@ -3,11 +3,13 @@
 How this works.  The sampling decision and the ids are made when the request
 head arrives (``Observer.exchange_started``, with ``propagation``); nothing of
 the SDK runs then.  Only when a *sampled* exchange is done does ``record``
-build its span, after the fact, with the exchange's own start time, duration
-and ids (an ``IdGenerator`` that hands the SDK the ids we already put on the
-wire).  The SDK's ``BatchSpanProcessor`` queues the ended span and exports
-batches from its own thread, so the event loop never waits for the collector;
-when its queue is full the SDK drops spans.
+build its span, after the fact, as the SDK's finished-span record
+(``ReadableSpan``) with the exchange's own start time, duration and the ids
+we already put on the wire: a live ``Span`` (and the checks of each
+attribute it makes) would cost twice as much for nothing, since every value
+here is already a string or an integer.  The SDK's ``BatchSpanProcessor``
+queues the span and exports batches from its own thread, so the event loop
+never waits for the collector; when its queue is full the SDK drops spans.
 
 Attributes follow the stable HTTP semantic conventions (``http.request.method``,
 ``url.path``, ``http.response.status_code``, ...) plus ``meshproxy.*`` for the
@@ -22,18 +24,22 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
+from meshproxy import __version__
 from meshproxy.config.observability import TracingConfig
 from meshproxy.observe.exchange import Exchange
 
 __all__ = ["ExchangeTracer", "RatioSampler"]
+
+_SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)  # the convention for a span that did not fail
+_ERROR = Status(StatusCode.ERROR)
 
 
 class RatioSampler:
@@ -50,23 +56,6 @@ class RatioSampler:
             return upstream_decision  # the caller's sampled flag is honoured
         ratio = self.ratio
         return ratio >= 1.0 or (ratio > 0.0 and self.rand() < ratio)
-
-
-class _GivenIds:
-    """An OTel ``IdGenerator`` returning the ids set just before a span starts."""
-
-    def __init__(self) -> None:
-        self.trace_id = 0
-        self.span_id = 0
-
-    def generate_span_id(self) -> int:
-        return self.span_id
-
-    def generate_trace_id(self) -> int:
-        return self.trace_id
-
-    def is_trace_id_random(self) -> bool:
-        return True
 
 
 def build_exporter(config: TracingConfig) -> SpanExporter:
@@ -98,46 +87,28 @@ class ExchangeTracer:
     ) -> None:
         self.config = config
         self.sampler = RatioSampler(config.sampling)
-        self._ids = _GivenIds()
-        resource = Resource.create(
+        self._resource = Resource.create(
             {
                 "service.name": config.service_name or service_name,
                 "service.instance.id": instance_id,
             }
         )
-        # The decision was made at the request head: the SDK records whatever it is given.
-        provider = TracerProvider(
-            sampler=ALWAYS_ON,
-            resource=resource,
-            id_generator=self._ids,  # type: ignore[arg-type]
-            shutdown_on_exit=False,
+        self._scope = InstrumentationScope("meshproxy", __version__)
+        self._processor = BatchSpanProcessor(
+            exporter if exporter is not None else build_exporter(config),
+            max_queue_size=config.max_queue_size,
+            schedule_delay_millis=config.schedule_delay * 1000,
+            max_export_batch_size=config.max_export_batch_size,
+            export_timeout_millis=config.export_timeout * 1000,
         )
-        provider.add_span_processor(
-            BatchSpanProcessor(
-                exporter if exporter is not None else build_exporter(config),
-                max_queue_size=config.max_queue_size,
-                schedule_delay_millis=config.schedule_delay * 1000,
-                max_export_batch_size=config.max_export_batch_size,
-                export_timeout_millis=config.export_timeout * 1000,
-            )
-        )
-        self._provider: TracerProvider = provider
-        self._tracer = provider.get_tracer("meshproxy")
 
     def record(self, ex: Exchange) -> None:
         """Build and end the span of a sampled exchange (called on the loop, cheap)."""
         trace_id = int(ex.trace_id, 16)
-        self._ids.trace_id = trace_id
-        self._ids.span_id = int(ex.span_id, 16)
+        context = SpanContext(trace_id, int(ex.span_id, 16), False, _SAMPLED)
         parent = None
         if ex.parent_span_id:
-            parent_ctx = SpanContext(
-                trace_id,
-                int(ex.parent_span_id, 16),
-                is_remote=True,
-                trace_flags=TraceFlags(TraceFlags.SAMPLED),
-            )
-            parent = trace.set_span_in_context(NonRecordingSpan(parent_ctx))
+            parent = SpanContext(trace_id, int(ex.parent_span_id, 16), True, _SAMPLED)
         method = ex.method.decode("latin-1") or "_OTHER"
         route = ex.route
         name = method if route == "-" else f"{method} {route}"
@@ -172,23 +143,25 @@ class ExchangeTracer:
             attributes["meshproxy.upstream_host"] = ex.upstream_host
         if ex.request_id:
             attributes["meshproxy.request_id"] = ex.request_id.decode("latin-1")
-        start_ns = int(ex.start_wall * 1e9)
-        span = self._tracer.start_span(
-            name,
-            context=parent,
-            kind=SpanKind.SERVER if ex.direction == "inbound" else SpanKind.CLIENT,
-            attributes=attributes,
-            start_time=start_ns,
-        )
+        status = _OK
         if ex.status == 0 or ex.status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-            span.set_attribute("error.type", str(ex.status) if ex.status else ex.flags)
-        span.end(end_time=start_ns + int(ex.duration * 1e9))
+            status = _ERROR
+            attributes["error.type"] = str(ex.status) if ex.status else ex.flags
+        start_ns = int(ex.start_wall * 1e9)
+        span = ReadableSpan(
+            name,
+            context=context,
+            parent=parent,
+            resource=self._resource,
+            attributes=attributes,
+            kind=SpanKind.SERVER if ex.direction == "inbound" else SpanKind.CLIENT,
+            status=status,
+            start_time=start_ns,
+            end_time=start_ns + int(ex.duration * 1e9),
+            instrumentation_scope=self._scope,
+        )
+        self._processor.on_end(span)
 
     def shutdown(self) -> None:
         """Export what is queued and stop the exporter thread (blocks: run in a thread)."""
-        self._provider.shutdown()
-
-    @property
-    def provider(self) -> TracerProvider:
-        return self._provider
+        self._processor.shutdown()  # type: ignore[no-untyped-call]
