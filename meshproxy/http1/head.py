@@ -169,6 +169,9 @@ def build_request_head(
             )
             if not extra:
                 return b"".join((*ours, b"\r\n\r\n"))
+            if len(extra) == 1:
+                ((name, value),) = extra
+                return b"".join((*ours, b"\r\n", name, b": ", value, b"\r\n\r\n"))
             out = [*ours, b"\r\n"]
             for name, value in extra:
                 out += (name, b": ", value, b"\r\n")

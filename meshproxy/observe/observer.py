@@ -49,7 +49,7 @@ from meshproxy.config.observability import Observability
 from meshproxy.observe.accesslog import AccessLog
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.metrics import ProxyMetrics
-from meshproxy.observe.propagation import Writer, extract, read, writer
+from meshproxy.observe.propagation import TRACE_NAME_LENGTHS, Writer, extract, read, writer
 from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
 
 __all__ = ["MeshObserver", "static_version"]
@@ -58,6 +58,7 @@ log = logging.getLogger("meshproxy")
 
 _getrandbits = random.getrandbits
 _header_value = fp.header_value
+_TRACE_NAME_LENGTHS = TRACE_NAME_LENGTHS
 
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
@@ -185,7 +186,12 @@ class MeshObserver:
         return _NO_FIELDS
 
     def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
-        caller, present = read(headers, self._formats)
+        for name, _ in headers:
+            if len(name) in _TRACE_NAME_LENGTHS:
+                caller, present = read(headers, self._formats)
+                break
+        else:  # no field could carry a trace context: spare the reading
+            caller, present = None, ()
         if caller is None and not present and self._new_w3c:
             # A new trace in W3C form, the common case: one draw and one
             # formatting for both ids and the field.

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
+    "TRACE_NAME_LENGTHS",
     "TraceContext",
     "Writer",
     "extract",
@@ -47,7 +48,7 @@ _NAMES = frozenset(
         b"x-b3-flags",
     }
 )
-_NAME_LENGTHS = frozenset(len(n) for n in _NAMES)
+_NAME_LENGTHS = TRACE_NAME_LENGTHS = frozenset(len(n) for n in _NAMES)
 
 
 class TraceContext:
