@@ -28,7 +28,7 @@ from bench import configs
 from bench import mtls as mtls_bench
 from bench.chain import Part, probe_chain
 from bench.procs import ProcessError, ProcessGroup, tree_rss_kib
-from bench.report import Sample, format_table, summarize
+from bench.report import Sample, check_bars, format_bars, format_table, summarize
 from bench.targets import (
     Run,
     Target,
@@ -209,8 +209,11 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
         print(f"  mTLS handshakes into the second hop: {rate:,.0f}/s", file=sys.stderr)
 
     rows = summarize(samples, [t.name for t in targets])
+    bars = check_bars(samples)
     print()
     print(format_table(rows))
+    if bars:
+        print(format_bars(bars))
     if handshakes is not None:
         print(
             "mTLS handshakes (new connections, one request each) into the second hop: "
@@ -234,6 +237,18 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
         },
         "targets": {t.name: {"url": t.url, "note": t.note} for t in targets},
         "unavailable": unavailable,
+        "goals": [
+            {
+                "target": b.bar.target,
+                "baseline": b.bar.baseline,
+                "at_least": b.bar.at_least,
+                "what": b.bar.what,
+                "ratio": b.ratio,
+                "rounds": b.rounds,
+                "met": b.met,
+            }
+            for b in bars
+        ],
         "mtls_handshakes": handshakes,
         "policy_chain": [
             {"part": p.name, "active": p.active, "evidence": p.evidence} for p in chain

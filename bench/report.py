@@ -114,3 +114,63 @@ def format_table(rows: list[Row]) -> str:
     for row in rows:
         out += [f"  {row.target}: {flag}" for flag in row.flagged]
     return "\n".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A goal stated as a throughput ratio: ``target`` / ``baseline`` in the
+    same round, median over rounds, at least ``at_least``."""
+
+    target: str
+    baseline: str
+    at_least: float
+    what: str
+
+
+# The goals the issues set for ``make bench``, each a side-by-side ratio.
+BARS = (
+    Bar("meshproxy", "haproxy", 0.50, "sidecar vs HAProxy on the same core"),
+    Bar("meshproxy", "aiohttp", 4.0, "sidecar vs a naive aiohttp proxy"),
+    Bar("meshproxy", "meshproxy-nometrics", 0.90, "metrics cost <= 10%"),
+    Bar("meshproxy-trace1", "meshproxy", 0.95, "tracing at 1% costs <= 5% more"),
+    Bar("meshproxy-split", "meshproxy", 0.90, "a 90/10 split costs <= 10%"),
+    Bar("meshproxy-lr3", "meshproxy-rr3", 0.95, "least request costs <= 5% vs round robin"),
+    Bar("meshproxy-policy", "meshproxy", 0.80, "policy chain >= 0.8x the default"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BarResult:
+    bar: Bar
+    ratio: float | None  # None: a side was not measured in any common round
+    rounds: list[float]
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.ratio is None else self.ratio >= self.bar.at_least
+
+
+def check_bars(samples: list[Sample], bars: tuple[Bar, ...] = BARS) -> list[BarResult]:
+    """Every bar whose two sides were both measured."""
+    measured = {s.target for s in samples}
+    out = []
+    for bar in bars:
+        if bar.target in measured and bar.baseline in measured:
+            rounds = ratios_to_reference(samples, bar.target, bar.baseline)
+            out.append(BarResult(bar, median_or_none(rounds), rounds))
+    return out
+
+
+def format_bars(results: list[BarResult]) -> str:
+    """One line per bar: the median ratio, the goal, met or not, each round's ratio."""
+    if not results:
+        return ""
+    lines = ["goals (target / baseline in the same round, median over rounds):"]
+    for r in results:
+        verdict = {None: "not measured", True: "met", False: "NOT met"}[r.met]
+        each = " ".join(f"{x:.2f}" for x in r.rounds)
+        lines.append(
+            f"  {r.bar.target} / {r.bar.baseline} = {_fmt(r.ratio, '.2f')}"
+            f" (goal >= {r.bar.at_least:.2f}: {r.bar.what}) {verdict}; rounds: {each}"
+        )
+    return "\n".join(lines)

@@ -2,7 +2,15 @@
 
 import pytest
 
-from bench.report import Sample, format_table, ratios_to_reference, summarize
+from bench.report import (
+    Bar,
+    Sample,
+    check_bars,
+    format_bars,
+    format_table,
+    ratios_to_reference,
+    summarize,
+)
 from bench.wrk import WrkResult
 
 
@@ -61,3 +69,28 @@ def test_run_with_non_2xx_is_flagged_in_the_table() -> None:
     assert table[2].split() == ["haproxy", "50,000", "1.00", "2.00", "1.00", "-", "none"]
     assert table[3].split() == ["mesh", "10,000", "1.00", "2.00", "0.20", "-", "FLAGGED"]
     assert table[4].strip() == "mesh: round 1: 12 non-2xx, 0 socket errors"
+
+
+def test_goals_compare_two_targets_round_by_round() -> None:
+    samples = [
+        Sample("meshproxy", 1, _run(10_000)), Sample("meshproxy-split", 1, _run(9_500)),
+        Sample("meshproxy", 2, _run(8_000)), Sample("meshproxy-split", 2, _run(6_800)),
+        Sample("meshproxy", 3, _run(12_000)), Sample("meshproxy-split", 3, _run(11_400)),
+    ]  # fmt: skip
+    bars = (
+        Bar("meshproxy-split", "meshproxy", 0.90, "split"),
+        Bar("meshproxy-policy", "meshproxy", 0.80, "policy"),  # not measured: left out
+    )
+    (result,) = check_bars(samples, bars)
+    assert result.rounds == pytest.approx([0.95, 0.85, 0.95])
+    assert result.ratio == pytest.approx(0.95) and result.met is True
+    text = format_bars([result])
+    assert "meshproxy-split / meshproxy = 0.95 (goal >= 0.90: split) met" in text
+    assert "rounds: 0.95 0.85 0.95" in text
+
+
+def test_a_goal_below_its_bar_is_reported_as_not_met() -> None:
+    samples = [Sample("meshproxy", 1, _run(10_000)), Sample("meshproxy-policy", 1, _run(7_000))]
+    (result,) = check_bars(samples, (Bar("meshproxy-policy", "meshproxy", 0.80, "policy"),))
+    assert result.met is False
+    assert "NOT met" in format_bars([result])
