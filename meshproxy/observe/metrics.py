@@ -379,7 +379,12 @@ class ProxyMetrics:
         self._service_label.declare(frozenset(names))
         # Cached keys may now resolve to other labels; the counted data stays in _by_labels.
         self._by_input = {}
-        self._rate_limit = {}
+        # The rate-limit counters are keyed by raw name: publish what they hold
+        # before the next decisions count under the new labels.
+        with self._flush_lock:
+            for counter in self._rate_limit.values():
+                counter.flush()
+            self._rate_limit = {}
 
     def set_listeners(self, directions: Mapping[str, str], source_service: str) -> None:
         """Listener name -> direction, and this node's service (for ``request_done``)."""

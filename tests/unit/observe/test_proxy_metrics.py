@@ -244,3 +244,17 @@ async def test_periodic_flush_publishes_without_a_render() -> None:
     finally:
         m.close()
     assert m._flush_timer is None
+
+
+def test_rate_limit_decisions_counted_before_new_services_are_declared_are_kept() -> None:
+    m = ProxyMetrics(services=["ratings"])
+    for allowed in (True, True, False):
+        m.rate_limit_decision("ratings", allowed)
+    m.set_services(["ratings", "reviews"])  # a new snapshot, before any flush
+    m.rate_limit_decision("ratings", True)
+    m.rate_limit_decision("reviews", False)
+    got = scrape(m)
+    decisions = "meshproxy_rate_limit_decisions_total"
+    assert got[key(decisions, service="ratings", decision="allowed")] == 3
+    assert got[key(decisions, service="ratings", decision="limited")] == 1
+    assert got[key(decisions, service="reviews", decision="limited")] == 1
