@@ -203,7 +203,7 @@ class Runtime:
 
     def start_health_checks(self) -> None:
         loop = asyncio.get_running_loop()
-        self.probes = HealthProbes(self._current_upstreams, loop)
+        self.probes = HealthProbes(self._current_upstreams, loop, self.mesh)
         self._probe_task = loop.create_task(self.probes.run())
 
     def _current_upstreams(self) -> Upstreams:
@@ -257,7 +257,7 @@ class Runtime:
             )
             port = ports.get(listener.name, listener.port)
             mesh = self.mesh
-            if mesh is not None and listener.protocol == "http":
+            if mesh is not None:
                 if listener.direction == "outbound":
                     ctx.mtls = mesh
                 else:
@@ -288,7 +288,9 @@ class Runtime:
     async def _bind_mtls(self, mesh: MeshTLS, ctx: ListenerContext, port: int) -> int:
         """An inbound listener that admits by the node's TLS mode (per connection)."""
 
-        def app(peer: SpiffeId | None) -> HttpServer:
+        def app(peer: SpiffeId | None) -> asyncio.Protocol:
+            if ctx.listener.protocol == "tcp":
+                return TcpProxy(ctx)
             server = HttpServer(ctx)
             server.principal = None if peer is None else str(peer)
             return server

@@ -7,6 +7,15 @@ side's reading; a half-close (EOF) is passed on as a half-close so protocols
 that shut down one direction first keep working.  Timeouts: connect
 (``timeouts.connect``) and idle (``timeouts.idle``, no byte either way).
 
+To a service whose policy turns mesh TLS on, the upstream connection is mTLS
+to the endpoint's sidecar, checked against the service's SPIFFE ID
+(``security.handshake.open_to``, as the HTTP data path does); a refusal is a
+connect failure.  A TLS connection cannot carry a half-close (the loop's TLS
+transports cannot write EOF alone), so a client's EOF towards one is not
+passed on: the pair stays open for the answer until either side closes or the
+idle timeout ends it.  On an inbound listener under mesh TLS (the runtime
+admits it by the node's mode) the client side is the TLS one.
+
 It must not look into the bytes.
 """
 
@@ -17,6 +26,7 @@ from typing import cast
 
 from meshproxy.http1.context import ListenerContext
 from meshproxy.resolve import LocalReply, Target
+from meshproxy.security.handshake import open_to
 from meshproxy.upstream import Failure
 
 # Client bytes held while the upstream connection opens, before we stop reading.
@@ -26,16 +36,18 @@ PENDING_LIMIT = 65536
 class _Side(asyncio.Protocol):
     """One of the two connections of a TCP proxy pair."""
 
-    __slots__ = ("eof", "other", "pair", "transport")
+    __slots__ = ("eof", "other", "pair", "tls", "transport")
 
     def __init__(self, pair: TcpProxy | None) -> None:
         self.pair = pair
         self.transport: asyncio.Transport | None = None
         self.other: _Side | None = None
         self.eof = False
+        self.tls = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         other = self.other
@@ -52,7 +64,11 @@ class _Side(asyncio.Protocol):
                 return False  # both directions done
             if other.transport.can_write_eof():
                 other.transport.write_eof()
-                return True
+            # Kept open: the other way still carries the answer (TLS
+            # cannot pass the half-close on, see the module's docstring).
+            # A TLS transport closes after EOF whatever we say (and logs a
+            # warning when told to stay open).
+            return not self.tls
         return False
 
     def pause_writing(self) -> None:
@@ -120,12 +136,13 @@ class TcpProxy(_Side):
     def eof_received(self) -> bool | None:
         if self.pending is not None:
             self.eof = True  # passed on once connected
-            return True
+            return not self.tls
         return super().eof_received()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing it.
         self.transport = client = cast(asyncio.Transport, transport)
+        self.tls = transport.get_extra_info("ssl_object") is not None
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.metrics.connection_opened(ctx.name)
@@ -137,7 +154,14 @@ class TcpProxy(_Side):
             return
         self.target = target
         fut = asyncio.ensure_future(
-            loop.create_connection(lambda: _Side(self), target.host, target.port)
+            open_to(
+                target.service,
+                ctx.mtls,
+                lambda: _Side(self),
+                target.host,
+                target.port,
+                ctx.connect_timeout,
+            )
         )
         self.connecting = fut
         fut.add_done_callback(self.connected)
@@ -174,7 +198,7 @@ class TcpProxy(_Side):
         if self.pending:
             up.transport.write(b"".join(self.pending))
         self.pending = None
-        if self.eof:
+        if self.eof and up.transport.can_write_eof():
             up.transport.write_eof()
         if self.paused:
             self.paused = False

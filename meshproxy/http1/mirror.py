@@ -4,8 +4,11 @@ read and dropped.
 Fire and forget: each copy opens its own connection (never the pool's, so a
 slow mirror cannot hold a connection the primary traffic wants), writes the
 whole request at once, reads the response only to find its end, and closes.
-A timer bounds the whole thing; a failure is dropped silently.  The primary
-exchange never waits for any of it and never sees its outcome.
+A timer bounds the whole thing; a failure is dropped silently (a TLS
+refusal is still counted by the mesh's refusals).  The primary exchange never
+waits for any of it and never sees its outcome.  A mirror to a service whose
+policy turns mesh TLS on goes over mTLS to its sidecar, checked against that
+service's SPIFFE ID, exactly as the primary traffic would.
 
 What is mirrored is decided by the caller (``server``): only requests whose
 body is complete when the head is dispatched and at most ``REPLAY_LIMIT``
@@ -22,6 +25,7 @@ import contextlib
 from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
+from meshproxy.security.handshake import open_to
 from meshproxy.upstream import Cluster, EndpointState
 
 if TYPE_CHECKING:
@@ -133,7 +137,14 @@ def send_mirror(
     cluster.request_started(endpoint)
     mirror = MirrorExchange(cluster, endpoint, payload, method)
     future = asyncio.ensure_future(
-        loop.create_connection(lambda: mirror, endpoint.address, endpoint.port)
+        open_to(
+            cluster.service.name,
+            ctx.mtls,
+            lambda: mirror,
+            endpoint.address,
+            endpoint.port,
+            ctx.connect_timeout,
+        )
     )
 
     def connected(fut: asyncio.Future[tuple[asyncio.Transport, MirrorExchange]]) -> None:

@@ -26,7 +26,11 @@ gets ``connection_made`` with the transport, and the identity through
 
 Outbound, ``connect_mtls`` opens a connection with the current client
 context, gates it the same way and refuses it unless the server's SPIFFE ID is
-the one expected for the service the caller meant to reach.
+the one expected for the service the caller meant to reach.  ``open_to``
+chooses between it and a plaintext ``create_connection`` by the service's
+mode, for the side traffic (mirrors, health checks, L4 listeners) that opens
+its own connections; the HTTP data path makes the same choice once per pooled
+connection key.
 
 Every refusal is counted and logged by ``Refusals`` with its reason.
 """
@@ -36,16 +40,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable
-from typing import cast
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from meshproxy.config.security import TLSMode
 from meshproxy.security.contexts import TLSContexts
 from meshproxy.security.refusals import Refusals, TLSRefused, classify
 from meshproxy.security.spiffe import IdentityError, SpiffeId, peer_identity
 
+if TYPE_CHECKING:
+    from meshproxy.security.mesh import MeshTLS
+
 TLS_HANDSHAKE_RECORD = 0x16
 AppFactory = Callable[[SpiffeId | None], asyncio.Protocol]
+P = TypeVar("P", bound=asyncio.Protocol)
 
 
 class _Gate(asyncio.Protocol):
@@ -234,14 +242,14 @@ class InboundListener:
 
 
 async def connect_mtls(
-    app_factory: Callable[[], asyncio.Protocol],
+    app_factory: Callable[[], P],
     host: str,
     port: int,
     contexts: TLSContexts,
     expected: SpiffeId,
     refusals: Refusals,
     handshake_timeout: float = 5.0,
-) -> tuple[asyncio.Transport, asyncio.Protocol]:
+) -> tuple[asyncio.Transport, P]:
     """Open mTLS to ``host:port`` and return the application's protocol on it,
     or raise ``TLSRefused`` (counted) unless the server is ``expected``."""
     loop = asyncio.get_running_loop()
@@ -273,3 +281,22 @@ async def connect_mtls(
     app = app_factory()
     gate.hand_over(app)
     return transport, app
+
+
+def open_to(
+    service: str,
+    mtls: MeshTLS | None,
+    app_factory: Callable[[], P],
+    host: str,
+    port: int,
+    handshake_timeout: float,
+) -> Coroutine[Any, Any, tuple[asyncio.Transport, P]]:
+    """A connection to ``host:port``, an endpoint of ``service``: mTLS checked
+    against the service's SPIFFE ID when the mesh turns TLS on for it (as the
+    HTTP data path does), plaintext otherwise (and when security is off)."""
+    expected = mtls.expected.get(service) if mtls is not None else None
+    if mtls is None or expected is None:
+        return asyncio.get_running_loop().create_connection(app_factory, host, port)
+    return connect_mtls(
+        app_factory, host, port, mtls.contexts, expected, mtls.refusals, handshake_timeout
+    )

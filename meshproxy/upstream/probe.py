@@ -9,6 +9,12 @@ the snapshot changed).  A probe is ``GET path HTTP/1.1`` with ``Host`` set to
 the service name and ``Connection: close``; its result is the status of the
 response head, or None for a refused connection, a reset or a timeout.
 
+As in Envoy, where a health check uses its cluster's transport socket, a probe
+to a service whose policy turns mesh TLS on goes over the same mTLS as the
+service's traffic (``security.handshake.open_to``): the endpoint's sidecar must
+present the service's SPIFFE ID, else the probe fails (and the refusal is
+counted).  The checker's ``host`` is its service's name.
+
 The state machine (when to probe, what results mean) is ``health``'s; this
 room only does the I/O and passes ``now``.
 """
@@ -19,11 +25,15 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
+from meshproxy.security.handshake import open_to
 from meshproxy.upstream.health import HealthChecker, Probe
 from meshproxy.upstream.upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from meshproxy.security.mesh import MeshTLS
 
 # Sleep at most this long between passes, so a deadline computed before a
 # snapshot swap never keeps the loop asleep for long.
@@ -72,11 +82,18 @@ class ProbeRequest(asyncio.Protocol):
 
 
 class HealthProbes:
-    """Runs the health checks of whatever ``upstreams()`` returns now."""
+    """Runs the health checks of whatever ``upstreams()`` returns now, over
+    ``mtls`` (None: security off) to the services it turns TLS on for."""
 
-    def __init__(self, upstreams: Callable[[], Upstreams], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        upstreams: Callable[[], Upstreams],
+        loop: asyncio.AbstractEventLoop,
+        mtls: MeshTLS | None = None,
+    ) -> None:
         self._upstreams = upstreams
         self._loop = loop
+        self._mtls = mtls
         self._wake = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
         self._connecting: set[asyncio.Future[tuple[asyncio.Transport, ProbeRequest]]] = set()
@@ -127,7 +144,14 @@ class HealthProbes:
         protocol = ProbeRequest(request, report)
         self._open.add(protocol)
         future = asyncio.ensure_future(
-            loop.create_connection(lambda: protocol, endpoint.address, endpoint.port)
+            open_to(
+                checker.host,
+                self._mtls,
+                lambda: protocol,
+                endpoint.address,
+                endpoint.port,
+                probe.timeout,
+            )
         )
         self._connecting.add(future)
 
