@@ -29,10 +29,11 @@ import asyncio
 import random
 from typing import TYPE_CHECKING
 
+from meshproxy.http1.connect import PendingConnect
 from meshproxy.http1.context import ListenerContext
 from meshproxy.http1.mirror import send_mirror
 from meshproxy.http1.replies import CONTINUE, local_reply
-from meshproxy.http1.upstream import PendingConnect, UpstreamConnection
+from meshproxy.http1.upstream import UpstreamConnection
 from meshproxy.observe.exchange import (
     FAULT_ABORT,
     FAULT_DELAY,

@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from meshproxy import fastpath as fp
 from meshproxy.http1.head import build_response_head, has_hop_by_hop, idle_deadline
 from meshproxy.http1.policy import finished_headers, response_headers, with_status
 from meshproxy.http1.replies import CONTINUE
-from meshproxy.security.handshake import connect_mtls
-from meshproxy.security.refusals import TLSRefused
 from meshproxy.security.spiffe import SpiffeId
 
 if TYPE_CHECKING:
@@ -262,9 +259,18 @@ class UpstreamConnection(asyncio.Protocol):
             head, end = got
             if head.status >= 200 or head.status == 101:
                 break
-            # Interim answer: relay a 100 the client asked for, drop the others.
-            if head.status == 100 and down.expects_continue():
-                down.transport.write(CONTINUE)
+            # Interim answers (RFC 9110 section 15.2): a 100 goes on only when
+            # the client asked for it; others (102, 103 Early Hints) go to an
+            # HTTP/1.1 client without their hop-by-hop fields, never to an
+            # HTTP/1.0 one, which knows no 1xx.
+            if head.status == 100:
+                if down.expects_continue():
+                    down.transport.write(CONTINUE)
+            elif down.client_version == 11:
+                interim = build_response_head(
+                    head, src[start:end], has_hop_by_hop(head), False, None, False
+                )
+                down.transport.write(interim)
             start = end
         if down.retry_policy is not None and down.retry_on_status(head.status):
             self.close()  # the try is retried: nothing of this answer is relayed
@@ -513,85 +519,3 @@ class UpstreamConnection(asyncio.Protocol):
             self.idle_timer = self.ctx.loop.call_later(left, self.idle_check)
         else:
             self.close()
-
-
-class PendingConnect:
-    """A connection being opened to an endpoint, with its connect timeout.
-
-    ``expected`` set: mTLS with the contexts current now, and the server must
-    present that SPIFFE ID (a refusal is a connect failure whose reason says
-    why).  ``done(conn, "")`` on success, ``done(None, reason)`` on failure or
-    timeout; never after ``cancel()`` (a connection that completes anyway is
-    closed)."""
-
-    __slots__ = ("done", "future", "timer")
-
-    def __init__(
-        self,
-        ctx: ListenerContext,
-        host: str,
-        port: int,
-        done: Callable[[UpstreamConnection | None, str], None],
-        expected: SpiffeId | None = None,
-    ) -> None:
-        self.done: Callable[[UpstreamConnection | None, str], None] | None = done
-        key = (host, port, expected)
-        mtls = ctx.mtls
-        if expected is None or mtls is None:
-            self.future: asyncio.Future[tuple[asyncio.BaseTransport, asyncio.Protocol]] = (
-                asyncio.ensure_future(
-                    ctx.loop.create_connection(lambda: UpstreamConnection(ctx, key), host, port)
-                )
-            )
-        else:
-            self.future = asyncio.ensure_future(
-                connect_mtls(
-                    lambda: UpstreamConnection(ctx, key),
-                    host,
-                    port,
-                    mtls.contexts,
-                    expected,
-                    mtls.refusals,
-                    handshake_timeout=ctx.connect_timeout,
-                )
-            )
-        self.future.add_done_callback(self.finished)
-        self.timer: asyncio.TimerHandle | None = ctx.loop.call_later(
-            ctx.connect_timeout, self.timed_out
-        )
-
-    def finished(self, fut: asyncio.Future[tuple[asyncio.BaseTransport, asyncio.Protocol]]) -> None:
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        done = self.done
-        self.done = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if done is None:
-            if exc is None:
-                cast(UpstreamConnection, fut.result()[1]).close()  # nobody waits for it any more
-            return
-        if exc is None:
-            done(cast(UpstreamConnection, fut.result()[1]), "")
-        elif isinstance(exc, TLSRefused):
-            done(None, f"upstream TLS refused: {exc.reason}")
-        elif isinstance(exc, ConnectionRefusedError):
-            done(None, "upstream connection refused")
-        else:
-            done(None, "upstream connect failed")
-
-    def timed_out(self) -> None:
-        self.timer = None
-        done = self.done
-        self.cancel()
-        if done is not None:
-            done(None, "upstream connect timeout")
-
-    def cancel(self) -> None:
-        self.done = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self.future.cancel()

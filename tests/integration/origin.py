@@ -117,6 +117,11 @@ class Origin:
         path = url.path
         if path == "/continue" and headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if path == "/early-hints":
+            writer.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n"
+                b"Connection: x-hint\r\nX-Hint: private\r\n\r\n"
+            )
         if path == "/sink":
             total = await self._sink(reader, headers, int(query.get("rate", "65536")))
             self._send(writer, 200, str(total).encode())

@@ -109,6 +109,24 @@ async def test_expect_continue_relays_the_origin_interim_answer(
     assert (final.status, final.body) == (200, b"data")
 
 
+async def test_early_hints_reach_http11_clients_without_hop_by_hop_fields(
+    origin: Origin, proxies: StartProxy
+) -> None:
+    proxy = await proxies(basic_config({"web": [origin.port]}))
+    async with asyncio.timeout(10):
+        conn = await Conn.open(proxy.ports["outbound"])
+        conn.send(get("/early-hints"))
+        interim = await conn.reader.readuntil(b"\r\n\r\n")
+        final = await conn.response()
+        old = await Conn.open(proxy.ports["outbound"])  # HTTP/1.0 knows no 1xx
+        only = await old.request(get("/early-hints", version="1.0"))
+        await conn.close()
+        await old.close()
+    assert interim == b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    assert (final.status, final.body) == (200, b"hello world\n")
+    assert only.status == 200 and only.body == b"hello world\n"
+
+
 async def test_hop_by_hop_fields_are_removed_both_ways(origin: Origin, proxies: StartProxy) -> None:
     proxy = await proxies(basic_config({"web": [origin.port]}))
     async with asyncio.timeout(10):
