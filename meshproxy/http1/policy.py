@@ -55,6 +55,7 @@ from meshproxy.observe.exchange import (
 )
 from meshproxy.policy import FilterChain, LocalReply, RequestContext
 from meshproxy.policy.authz import normalize_path, plain_path
+from meshproxy.policy.chain import NOT_STOPPED
 from meshproxy.policy.reply import FILTER_ERROR
 
 if TYPE_CHECKING:
@@ -66,6 +67,7 @@ AUTH_FILTERS = frozenset({"jwt", "authz"})
 _ESCAPED_SEPARATORS = (b"%2f", b"%2F", b"%5c", b"%5C")
 
 RateLimitRecorder = Callable[[str, bool], None]
+_new_context = object.__new__
 
 
 class ListenerPolicy:
@@ -149,18 +151,30 @@ def run_request_phase(
         data = local_reply(400, "escaped separator in path", close, head.method == b"HEAD")
         server.local_answer_bytes(ex, 400, data, close)
         return
-    rc = RequestContext(
-        head.method,
-        checked,
-        head.headers,
-        server.client_addr,
-        server.peer[1],
-        now,
-        host,
-        policy.service,
-        policy.route,
-        server.principal,
-    )
+    # ``RequestContext(...)`` field by field: a class call runs ``__init__`` in
+    # a nested interpreter (about a third of the cost).  The same fields and
+    # defaults as ``RequestContext.__init__`` (a unit test compares them).
+    rc = _new_context(RequestContext)
+    rc.method = head.method
+    rc.path = checked
+    rc.raw_headers = head.headers
+    rc.client_ip = server.client_addr
+    rc.client_port = server.peer[1]
+    rc.now = now
+    rc.authority = host
+    rc.service = policy.service
+    rc.route = policy.route
+    rc.peer = server.principal
+    rc.claims = None
+    rc.target = None
+    rc.scratch_dict = None
+    rc._headers = None
+    rc.request_extra = None
+    rc.response_extra = None
+    rc.status = 0
+    rc.response_headers = []
+    rc.response_edited = False
+    rc.ran = NOT_STOPPED
     result = policy.chain.on_request(rc)
     if result is None:
         record = policy.record

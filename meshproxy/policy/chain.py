@@ -89,6 +89,9 @@ class _Stop:
 
 STOP = _Stop()
 
+# ``RequestContext.ran`` of a request phase that ran every filter.
+NOT_STOPPED = 1 << 30
+
 HookResult = None | LocalReply | _Stop | Awaitable[Any]
 Hook = Callable[["RequestContext"], Any]
 
@@ -153,7 +156,7 @@ class RequestContext:
         self.response_edited = False
         # How many chain entries took part in the request phase (all, unless it
         # ended early); the response phase runs for those only.
-        self.ran = 1 << 30
+        self.ran = NOT_STOPPED
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case), without building a dict."""

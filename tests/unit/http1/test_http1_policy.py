@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from meshproxy import fastpath as fp
 from meshproxy.config import Snapshot
-from meshproxy.http1.policy import ListenerPolicy, forwarded_path
-from meshproxy.observe.exchange import LOCAL_REPLY, RATE_LIMITED, UNAUTHORIZED
+from meshproxy.http1.policy import ListenerPolicy, forwarded_path, run_request_phase
+from meshproxy.observe.exchange import LOCAL_REPLY, RATE_LIMITED, UNAUTHORIZED, Exchange
 from meshproxy.policy import LocalReply, RequestContext, compile_chain
 
 
@@ -72,3 +73,58 @@ def test_without_a_rate_limit_no_decision_is_counted() -> None:
     policy.decided(rc, None)
     assert calls == []
     assert policy.record is None
+
+
+class RoutingServer:
+    """The part of ``HttpServer`` the request phase uses when it continues."""
+
+    client_addr = "10.0.0.7"
+    peer = ("10.0.0.7", 41000)
+    principal = "spiffe://mesh/ns/default/sa/reviews"
+
+    def __init__(self) -> None:
+        self.routed: list[RequestContext] = []
+        self.policy: ListenerPolicy | None = None
+
+    def route_request(self, *args: object) -> None:
+        rc = args[-1]
+        assert isinstance(rc, RequestContext)
+        self.routed.append(rc)
+
+
+def test_the_data_path_builds_the_context_a_constructor_would() -> None:
+    policy = policy_for({"access": SNAPSHOT["access"]}, [])
+    raw = b"GET /a//b?q=1 HTTP/1.1\r\nHost: ratings\r\nX-User: ann\r\n\r\n"
+    got = fp.parse_request_head(raw, 0, 65536, 100)
+    assert got is not None
+    head = got[0]
+    server = RoutingServer()
+    ex = Exchange("inbound", "inbound", "reviews")
+    run_request_phase(
+        server,  # type: ignore[arg-type]
+        policy,
+        head,
+        raw,
+        ex,
+        head.target,
+        None,
+        b"ratings",
+        b"rid",
+        12.5,
+    )
+    [rc] = server.routed
+    expected = RequestContext(
+        b"GET",
+        b"/a/b?q=1",
+        head.headers,
+        "10.0.0.7",
+        41000,
+        12.5,
+        b"ratings",
+        "ratings",
+        "inbound",
+        "spiffe://mesh/ns/default/sa/reviews",
+    )
+    for name in RequestContext.__slots__:
+        assert getattr(rc, name) == getattr(expected, name), name
+    assert rc.response_headers is not expected.response_headers  # one list per request
