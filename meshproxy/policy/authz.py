@@ -44,11 +44,12 @@ _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def plain_path(path: bytes) -> bool:
     """True when ``path`` has nothing to normalise: no ``%``, ``/.`` or ``//``."""
-    return (
-        0x25 not in path  # %
-        and (0x2E not in path or not path.partition(b"/.")[1])  # .
-        and not path.partition(b"//")[1]
-    )
+    return 0x25 not in path and _plain_segments(path)
+
+
+def _plain_segments(path: bytes) -> bool:
+    """No dot segment and no empty one: no ``/.`` and no ``//``."""
+    return (0x2E not in path or not path.partition(b"/.")[1]) and not path.partition(b"//")[1]
 
 
 def normalize_path(path: bytes) -> bytes:
@@ -56,7 +57,7 @@ def normalize_path(path: bytes) -> bytes:
     path = path.partition(b"?")[0]
     if 0x25 in path:
         path = path.replace(b"%2e", b".").replace(b"%2E", b".")
-    if plain_path(path):
+    if _plain_segments(path):
         return path or b"/"
     out: list[bytes] = []
     for segment in path.split(b"/"):

@@ -163,7 +163,8 @@ class RequestContext:
         if self._headers is not None:
             return self._headers.get(name)
         for key, value in self.raw_headers:
-            if len(key) == len(name) and key.lower() == name:
+            # Names the client sent in lower case match without a ``lower()``.
+            if len(key) == len(name) and (key == name or key.lower() == name):
                 return value
         return None
 
