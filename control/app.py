@@ -222,5 +222,5 @@ def build_app(settings: ControlSettings, store: Store) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     install_rollouts(app, cp, settings.tick)
     install_alerts(app)
-    install_agents(app, cp, max(settings.tick, 0.5))
+    install_agents(app, cp, max(settings.tick, 0.5), settings.restart_grace)
     return app

@@ -145,8 +145,16 @@ class ServiceSpec(_Model):
         return parse_memory(self.memory)
 
 
+class Assignment(_Model):
+    """One instance a node should run: pushed to the agent as it is."""
+
+    id: str
+    service: str
+    spec: ServiceSpec
+
+
 class NodeRegistration(_Model):
-    """``POST /v1/nodes``: what an agent says about its node."""
+    """``POST /v1/nodes``: what an agent says about its node, and what it already runs."""
 
     id: Name
     cpu: str = Field(description="allocatable CPU, e.g. 2000m")
@@ -155,9 +163,19 @@ class NodeRegistration(_Model):
     labels: dict[str, str] = {}
     address: str = Field(default="127.0.0.1", min_length=1, max_length=253)
     max_instances: int = Field(default=110, ge=1, le=10000)
+    instances: list[Assignment] = Field(
+        default=[],
+        max_length=10000,
+        description="the instances the agent runs now (after a control-plane restart): "
+        "adopted as this node's assignments, so they keep running",
+    )
 
     _check_cpu = field_validator("cpu")(_cpu)
     _check_memory = field_validator("memory")(_memory)
+
+    def node(self) -> NodeRegistration:
+        """The node itself, without the instances it carried."""
+        return self.model_copy(update={"instances": []}) if self.instances else self
 
     def node_spec(self) -> NodeSpec:
         labels = dict(self.labels)
@@ -166,14 +184,6 @@ class NodeRegistration(_Model):
         return NodeSpec(
             self.id, parse_cpu(self.cpu), parse_memory(self.memory), self.max_instances, labels
         )
-
-
-class Assignment(_Model):
-    """One instance a node should run: pushed to the agent as it is."""
-
-    id: str
-    service: str
-    spec: ServiceSpec
 
 
 InstanceState = Literal["starting", "running", "backoff", "stopping", "failed"]
@@ -213,6 +223,9 @@ class NodeRecord:
     acked_index: int = 0
     reports: dict[str, InstanceReport] = field(default_factory=dict)
     down: bool = False
+    # What became of the instances the latest registration carried.
+    adopted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 class NodeBook:
@@ -228,24 +241,63 @@ class NodeBook:
 
     def register(self, registration: NodeRegistration, now: float) -> NodeRecord:
         """A new node, or an agent that restarted: its assignments are kept, so it
-        starts them again.  A changed capacity replaces the node's spec if it is empty."""
-        record = self.nodes.get(registration.id)
-        if record is not None and record.registration == registration and not record.down:
-            record.last_seen = now
-            return record
+        starts them again.  A changed capacity replaces the node's spec if it is empty.
+
+        The instances the registration carries (an agent that outlived a control-plane
+        restart) are adopted as the node's assignments before this answers, so the
+        long-poll that follows lists them and the agent keeps them running; see
+        ``adopt``.  ``record.adopted`` and ``record.refused`` say what became of them."""
+        node = registration.node()
+        record = self.nodes.get(node.id)
+        if record is None or record.registration != node or record.down:
+            record = self._enter(node, record, now)
+        record.last_seen = now
+        record.adopted, record.refused = self.adopt(node.id, registration.instances)
+        return record
+
+    def _enter(self, node: NodeRegistration, record: NodeRecord | None, now: float) -> NodeRecord:
         if record is not None:
-            if self._assigned.get(registration.id) and registration != record.registration:
+            if self._assigned.get(node.id) and node != record.registration:
                 raise NodeError(
-                    f"node {registration.id} runs instances: drain it before changing its capacity"
+                    f"node {node.id} runs instances: drain it before changing its capacity"
                 )
             if not record.down:
-                self.scheduler.remove_node(registration.id)
-        self.scheduler.add_node(registration.node_spec())
-        record = NodeRecord(registration, now, now)
-        self.nodes[registration.id] = record
-        self._assigned.setdefault(registration.id, {})
-        self._bump(registration.id)
+                self.scheduler.remove_node(node.id)
+        self.scheduler.add_node(node.node_spec())
+        record = NodeRecord(node, now, now)
+        self.nodes[node.id] = record
+        self._assigned.setdefault(node.id, {})
+        self._bump(node.id)
         return record
+
+    def adopt(self, node: str, running: list[Assignment]) -> tuple[list[str], dict[str, str]]:
+        """Take instances a node already runs as its assignments: (adopted, refused
+        with why).  One assigned here already stays as it is; one assigned to another
+        node is refused (that node's copy is the control plane's).  Whether the
+        service still has a spec is the reconciler's question: it removes orphans."""
+        self._record(node)
+        adopted: list[str] = []
+        refused: dict[str, str] = {}
+        fresh = False
+        for assignment in running:
+            where = self._where.get(assignment.id)
+            if assignment.id in adopted or assignment.id in refused:
+                refused[assignment.id] = "listed twice"
+            elif where == node:
+                adopted.append(assignment.id)
+            elif where is not None:
+                refused[assignment.id] = f"assigned to node {where}"
+            else:
+                # It runs already: the allocation is recorded, not filtered (an
+                # instance that no longer fits is a matter for the reconciler).
+                self.scheduler.bind(self._pod(assignment), node)
+                self._assigned[node][assignment.id] = assignment
+                self._where[assignment.id] = node
+                adopted.append(assignment.id)
+                fresh = True
+        if fresh:
+            self._bump(node)
+        return adopted, refused
 
     def report(self, report: AgentReport, now: float) -> NodeRecord:
         record = self._record(report.node)
@@ -276,15 +328,7 @@ class NodeBook:
 
     def place(self, assignment: Assignment) -> Decision:
         """Ask the scheduler for a node; on success the instance is assigned there."""
-        spec = assignment.spec
-        pod = PodSpec(
-            assignment.id,
-            spec.cpu_millis,
-            spec.memory_bytes,
-            labels={"service": assignment.service, **spec.labels},
-            group=assignment.service,
-        )
-        decision = self.scheduler.schedule(pod)
+        decision = self.scheduler.schedule(self._pod(assignment))
         if decision.node is not None:
             self._assigned[decision.node][assignment.id] = assignment
             self._where[assignment.id] = decision.node
@@ -326,6 +370,17 @@ class NodeBook:
         if record is None:
             raise NodeError(f"no node {node!r}: register it first")
         return record
+
+    @staticmethod
+    def _pod(assignment: Assignment) -> PodSpec:
+        spec = assignment.spec
+        return PodSpec(
+            assignment.id,
+            spec.cpu_millis,
+            spec.memory_bytes,
+            labels={"service": assignment.service, **spec.labels},
+            group=assignment.service,
+        )
 
     def _bump(self, node: str) -> None:
         self._index += 1

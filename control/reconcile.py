@@ -60,6 +60,10 @@ class Reconciler:
         # Why a service's last placement failed: a service that cannot be placed is
         # retried every step, but the same failure is recorded once.
         self._stuck: dict[str, str] = {}
+        # After a restart the nodes come back one by one, each bringing its instances
+        # (``NodeBook.adopt``): until ``_settle_until`` nothing is scaled, so that the
+        # first node back does not get the replicas still running on the others.
+        self._settle_until = float("-inf")
 
     # -- inputs ----------------------------------------------------------------------
 
@@ -71,6 +75,17 @@ class Reconciler:
         config = autoscaler_config(spec)
         if old is None or autoscaler_config(old) != config:
             self.autoscalers[service] = Autoscaler(config)
+
+    def restore(self, specs: Mapping[str, ServiceSpec], now: float, grace: float) -> None:
+        """Take the specs a restarted control plane loaded, and hold scaling for
+        ``grace`` seconds while the agents register again with what they run."""
+        for service, spec in specs.items():
+            self.set_spec(service, spec)
+        if specs:
+            self._settle_until = now + grace
+
+    def settling(self, now: float) -> bool:
+        return now < self._settle_until
 
     def remove_spec(self, service: str) -> bool:
         self.autoscalers.pop(service, None)
@@ -112,6 +127,8 @@ class Reconciler:
                 self._remove(a, wall, "the service spec was deleted")
                 for a in self.book.instances_of(service)
             )
+        if self.settling(now):
+            return decisions
         for service, spec in sorted(self.specs.items()):
             decisions.extend(self._scale(service, spec, now, wall, floors.get(service)))
         return decisions
@@ -143,8 +160,7 @@ class Reconciler:
         ]  # fmt: skip
         if desired > current:
             for _ in range(desired - current):
-                self._serial += 1
-                assignment = Assignment(id=f"{service}-{self._serial}", service=service, spec=spec)
+                assignment = Assignment(id=self._new_id(service), service=service, spec=spec)
                 placed = self.book.place(assignment)
                 if placed.node is None:
                     self._serial -= 1
@@ -167,6 +183,13 @@ class Reconciler:
                 self._remove(a, wall, "scaled down") for a in reversed(running[desired:])
             )
         return decisions
+
+    def _new_id(self, service: str) -> str:
+        # Adopted instances keep the ids an earlier run of the control plane gave them.
+        self._serial += 1
+        while self.book.node_of(f"{service}-{self._serial}") is not None:
+            self._serial += 1
+        return f"{service}-{self._serial}"
 
     def _remove(self, assignment: Assignment, wall: float, why: str) -> Decision:
         node = self.book.unassign(assignment.id)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from control.nodes import ServiceSpec
 from control.push import NodeInfo, PushBook, build_snapshot
 from control.registry.local import Instance, InstanceSpec, LocalRegistry
 from control.state import DesiredState, Kind, Resource, StateError, check_state, parse_resource
@@ -53,6 +54,8 @@ class ControlPlane:
         self.registry = registry if registry is not None else LocalRegistry()
         self.book = PushBook(lambda: secrets.token_hex(8))
         self.state = DesiredState()
+        # How each service runs and how many (the reconciler's input), as stored.
+        self.specs: dict[str, ServiceSpec] = {}
         self.version = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshcontrol-store")
         self._lock = asyncio.Lock()
@@ -68,6 +71,7 @@ class ControlPlane:
     async def start(self) -> None:
         loaded = await self.run(self.store.load)
         self.version, self.state = loaded.version, loaded.state
+        self.specs = dict(loaded.specs)
         now = self.monotonic()
         for instance in loaded.instances:
             self.registry.add(instance, now)
@@ -192,6 +196,27 @@ class ControlPlane:
             summary = f"desired state restored to version {version}"
             change = Change(actor, "rollback", f"versions/{version}", summary, state)
             return await self._commit(change)
+
+    async def put_spec(self, service: str, spec: ServiceSpec, actor: str) -> int:
+        """Store a service spec; the caller hands it to the reconciler once stored."""
+        check_name(service)
+        async with self._lock:
+            verb = "replaced" if service in self.specs else "created"
+            summary = f"spec of {service} {verb}: {spec.min_replicas}-{spec.max_replicas} replicas"
+            change = Change(actor, "put", f"specs/{service}", summary, put_specs=((service, spec),))
+            version = await self._commit(change)
+            self.specs[service] = spec
+            return version
+
+    async def delete_spec(self, service: str, actor: str) -> int:
+        async with self._lock:
+            if service not in self.specs:
+                raise NotFound(f"no spec for service {service!r}")
+            summary = f"spec of {service} deleted"
+            change = Change(actor, "delete", f"specs/{service}", summary, deleted_specs=(service,))
+            version = await self._commit(change)
+            del self.specs[service]
+            return version
 
     async def register(self, spec: InstanceSpec, actor: str) -> tuple[str, int]:
         instance = Instance(f"{spec.service}-{secrets.token_hex(6)}", spec)

@@ -30,4 +30,11 @@ class ControlSettings(BaseSettings):
         validation_alias=AliasChoices("MESHCONTROL_CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN"),
     )
     consul_prefix: str = Field(default="meshproxy", pattern=r"^[A-Za-z0-9._/-]+$")
+    restart_grace: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="after a start with stored service specs, seconds to wait for the "
+        "agents to register again (with what they run) before scaling",
+    )
     tick: float = Field(default=0.2, gt=0, le=5, description="seconds between TTL/check scans")

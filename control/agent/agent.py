@@ -5,7 +5,12 @@ Three loops share one ``Agent``:
 * the long-poll of ``GET /v1/agent/assignments``: each answer is applied at once
   (new instances started, removed ones stopped with a drain, in the background);
   a 404 means the control plane forgot the node (restart, lapse): register again
-  (so does a 404 to a status report);
+  (so does a 404 to a status report), carrying the instances running here, which
+  the control plane adopts, so that its next answer lists them and they run on;
+* the safety net for a control plane that does not adopt: an instance carried in
+  a registration that was neither adopted nor refused is *held*, never stopped
+  for being absent from an answer, until an answer lists it (the control plane
+  took it back) or the agent shuts down;
 * the report loop: every ``report_every`` seconds (and right after an answer was
   applied) scrape each instance's sidecar and ``POST /v1/agent/status`` with the
   index applied, which is the ACK, the heartbeat and the load report at once;
@@ -57,6 +62,7 @@ class Agent:
         self.restart_backoff = restart_backoff
         self.index: int | None = None
         self.running: dict[str, InstanceRunner] = {}
+        self.held: set[str] = set()
         self._stopping: set[asyncio.Task[None]] = set()
         self._report_now = asyncio.Event()
 
@@ -75,20 +81,36 @@ class Agent:
     async def shutdown(self) -> None:
         runners = list(self.running.values())
         self.running.clear()
+        self.held.clear()
         await asyncio.gather(*(r.stop() for r in runners), return_exceptions=True)
         await asyncio.gather(*self._stopping, return_exceptions=True)
 
     async def _register(self) -> None:
         pause = Backoff(first=0.2, cap=5.0)
         while True:
+            carried = [r.assignment for r in self.running.values()]
+            registration = self.registration.model_copy(update={"instances": carried})
             try:
-                await self.channel.register_node(self.registration)
-                log.info("node %s registered (limits: %s)", self.registration.id, self.limits.mode)
-                self.index = None
-                return
+                adoption = await self.channel.register_node(registration)
             except ChannelError as exc:
                 log.warning("registering node %s failed: %s", self.registration.id, exc)
                 await asyncio.sleep(pause.crashed(0.0, 0.0))
+                continue
+            log.info("node %s registered (limits: %s)", self.registration.id, self.limits.mode)
+            self.index = None
+            ids = {a.id for a in carried}
+            if adoption is None:
+                self.held = ids
+            else:
+                for instance, why in adoption.refused.items():
+                    log.warning("instance %s not adopted (it will stop): %s", instance, why)
+                self.held = ids - adoption.adopted - set(adoption.refused)
+            if self.held:
+                log.warning(
+                    "the control plane did not adopt %s: kept running until it lists them",
+                    ", ".join(sorted(self.held)),
+                )
+            return
 
     async def _poll_loop(self) -> None:
         pause = Backoff(first=0.2, cap=5.0)
@@ -110,9 +132,11 @@ class Agent:
                 self._report_now.set()
 
     def apply(self, wanted: list[Assignment]) -> None:
-        """Start what is new, stop what is gone (in the background)."""
+        """Start what is new, stop what is gone (in the background); held instances
+        run on (see the module's docstring)."""
         ids = {a.id for a in wanted}
-        for instance in [i for i in self.running if i not in ids]:
+        self.held -= ids
+        for instance in [i for i in self.running if i not in ids and i not in self.held]:
             runner = self.running.pop(instance)
             log.info("stopping %s", instance)
             task = asyncio.create_task(runner.stop())

@@ -6,6 +6,7 @@ Only HTTP here; what to do with the answers is ``agent.py``'s and ``runner.py``'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout
@@ -13,6 +14,14 @@ from aiohttp import ClientError, ClientSession, ClientTimeout
 from control.nodes import AgentReport, Assignment, NodeRegistration
 
 CALL_TIMEOUT = ClientTimeout(total=10.0)
+
+
+@dataclass(frozen=True)
+class Adoption:
+    """The control plane's word on the instances a registration carried."""
+
+    adopted: frozenset[str]
+    refused: dict[str, str]
 
 
 class ChannelError(Exception):
@@ -53,8 +62,30 @@ class Channel:
         except (ClientError, TimeoutError, ValueError) as exc:
             raise ChannelError(f"{method} {path}: {exc!r}") from None
 
-    async def register_node(self, registration: NodeRegistration) -> None:
-        await self._call("POST", "/v1/nodes", registration.model_dump(mode="json"))
+    async def register_node(self, registration: NodeRegistration) -> Adoption | None:
+        """Register; answers what became of the instances the registration carries,
+        or None from a control plane that does not adopt (it is asked again without
+        them if it refuses the field)."""
+        body = registration.model_dump(mode="json")
+        if not body["instances"]:
+            del body["instances"]  # what every control plane accepts
+        try:
+            _, answer = await self._call("POST", "/v1/nodes", body)
+        except ChannelError as exc:
+            if exc.status != 422 or "instances" not in body:
+                raise
+            del body["instances"]
+            _, answer = await self._call("POST", "/v1/nodes", body)
+        if not isinstance(answer, dict) or not isinstance(answer.get("adopted"), list):
+            return None
+        refused = answer.get("refused")
+        try:
+            return Adoption(
+                adopted=frozenset(str(i) for i in answer["adopted"]),
+                refused={str(r["id"]): str(r["reason"]) for r in refused or []},
+            )
+        except (KeyError, TypeError) as exc:
+            raise ChannelError(f"POST /v1/nodes: a malformed answer: {exc!r}") from None
 
     async def assignments(
         self, node: str, index: int | None, wait: float

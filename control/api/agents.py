@@ -14,8 +14,10 @@ sees the names with the values hidden.
 
 The loop (``install_agents``) runs ``Reconciler.step`` every ``tick`` and records
 its decisions in the decisions log (``GET /v1/decisions``, sources ``autoscaler``
-and ``scheduler``).  Specs and nodes are held in memory: after a restart the agents
-register again and the specs must be put again.  Handlers only translate HTTP.
+and ``scheduler``).  Specs are kept in the store and reloaded at start; nodes and
+assignments are held in memory: after a restart each agent registers again with
+the instances it runs, which are adopted (``NodeBook.adopt``), and scaling waits
+``restart_grace`` seconds for the agents to come back.  Handlers only translate HTTP.
 """
 
 from __future__ import annotations
@@ -97,6 +99,19 @@ class NodeView(_Body):
     instances: list[InstanceView]
 
 
+class Refused(_Body):
+    id: str
+    reason: str
+
+
+class NodeRegistered(NodeView):
+    """The answer to a registration: the node, and what became of the instances
+    it said it runs (absent from a control plane that does not adopt)."""
+
+    adopted: list[str] = Field(description="instances kept as this node's assignments")
+    refused: list[Refused] = Field(description="instances the agent should stop, and why")
+
+
 class NodeList(_Body):
     nodes: list[NodeView]
 
@@ -143,6 +158,7 @@ async def put_spec(request: web.Request, cp: ControlPlane, who: Principal) -> we
     check_name(service)
     spec = await parse_body(request, ServiceSpec)
     agents = request.app[AGENTS]
+    await cp.put_spec(service, spec, who.name)
     agents.reconciler.set_spec(service, spec)
     agents.wake()
     return reply(_spec_view(agents, service, spec, who))
@@ -160,8 +176,8 @@ async def get_spec(request: web.Request, cp: ControlPlane, who: Principal) -> we
 async def delete_spec(request: web.Request, cp: ControlPlane, who: Principal) -> web.Response:
     service = request.match_info["service"]
     agents = request.app[AGENTS]
-    if not agents.reconciler.remove_spec(service):
-        raise NotFound(f"no spec for service {service!r}")
+    await cp.delete_spec(service, who.name)
+    agents.reconciler.remove_spec(service)
     agents.wake()
     return reply(Recorded(recorded=True))
 
@@ -170,11 +186,15 @@ async def register_node(request: web.Request, cp: ControlPlane, who: Principal) 
     registration = await parse_body(request, NodeRegistration)
     agents = request.app[AGENTS]
     try:
-        agents.book.register(registration, cp.monotonic())
+        record = agents.book.register(registration, cp.monotonic())
     except NodeError as exc:
         raise _node_error(exc, "id") from None
+    for instance, why in record.refused.items():
+        log.warning("node %s: instance %s not adopted: %s", registration.id, instance, why)
     agents.wake()
-    return reply(_view_of(agents, registration.id, cp))
+    view = _view_of(agents, registration.id, cp)
+    refused = [Refused(id=i, reason=why) for i, why in record.refused.items()]
+    return reply(NodeRegistered(**dict(view), adopted=record.adopted, refused=refused))
 
 
 def _view_of(agents: Agents, node: str, cp: ControlPlane) -> NodeView:
@@ -256,13 +276,23 @@ async def reconcile_loop(app: web.Application, cp: ControlPlane, every: float) -
         await asyncio.sleep(every)
 
 
-def install_agents(app: web.Application, cp: ControlPlane, every: float) -> Agents:
+def install_agents(
+    app: web.Application, cp: ControlPlane, every: float, restart_grace: float = 0.0
+) -> Agents:
     """Keep the agents' state in ``app`` and reconcile every ``every`` seconds.
-    Call after ``install_rollouts`` and ``install_alerts`` (it uses their log and floors)."""
+    Call after ``install_rollouts`` and ``install_alerts`` (it uses their log and floors),
+    and after the control plane's own start (its stored specs are taken then)."""
     agents = Agents(Reconciler(NodeBook()))
     app[AGENTS] = agents
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        agents.reconciler.restore(cp.specs, cp.monotonic(), restart_grace)
+        if cp.specs:
+            log.info(
+                "%d service specs restored; scaling waits %gs for the agents to register",
+                len(cp.specs),
+                restart_grace,
+            )
         task = asyncio.create_task(reconcile_loop(app, cp, every))
         yield
         task.cancel()
@@ -312,7 +342,7 @@ OPERATIONS: list[Operation] = [
         "Register a node (capacity, labels, zone); again after an agent restart",
         register_node,
         body=NodeRegistration,
-        response=NodeView,
+        response=NodeRegistered,
     ),
     Operation(
         "GET",

@@ -11,10 +11,17 @@ SQLite.  Stores are synchronous; the service calls them off the event loop.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
 
-from control.registry.local import Instance
+from pydantic import ValidationError
+
+from control.nodes import ServiceSpec
+from control.registry.local import Instance, InstanceSpec
 from control.state import DesiredState
+
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -34,11 +41,15 @@ class Change:
 
     actor: str
     action: str  # put | delete | rollback | register | deregister | health
-    target: str  # e.g. "routes/ratings", "instances/ratings-1a2b"
+    target: str  # e.g. "routes/ratings", "instances/ratings-1a2b", "specs/ratings"
     summary: str
     state: DesiredState | None = None  # the new desired state, when it changed
     put_instances: tuple[Instance, ...] = ()
     deleted_instances: tuple[str, ...] = ()
+    # Service specs (how to run a service, how many): kept as of the latest version,
+    # like the instances, not in the history's states (a rollback leaves them be).
+    put_specs: tuple[tuple[str, ServiceSpec], ...] = ()
+    deleted_specs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,34 @@ class Loaded:
     version: int
     state: DesiredState
     instances: list[Instance]
+    specs: dict[str, ServiceSpec] = field(default_factory=dict)
+
+
+def parse_record(where: str, parse: Callable[[], T]) -> T:
+    """Parse one stored record; a bad one is refused naming it (``where``), so that
+    an operator can find and mend it instead of the control plane guessing."""
+    try:
+        return parse()
+    except (ValidationError, ValueError, TypeError, KeyError) as exc:
+        raise StoreError(f"{where} is not valid: {exc}") from None
+
+
+def parse_instance(where: str, instance_id: str, raw: str | dict[str, object]) -> Instance:
+    def parse() -> Instance:
+        if isinstance(raw, str):
+            return Instance(instance_id, InstanceSpec.model_validate_json(raw))
+        return Instance(instance_id, InstanceSpec.model_validate(raw))
+
+    return parse_record(f"{where}: instance {instance_id!r}", parse)
+
+
+def parse_spec(where: str, service: str, raw: str | dict[str, object]) -> ServiceSpec:
+    def parse() -> ServiceSpec:
+        if isinstance(raw, str):
+            return ServiceSpec.model_validate_json(raw)
+        return ServiceSpec.model_validate(raw)
+
+    return parse_record(f"{where}: spec of service {service!r}", parse)
 
 
 class Store(ABC):

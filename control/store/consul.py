@@ -2,7 +2,7 @@
 
 Layout under the prefix (``meshproxy/`` by default):
 
-    head                   {"version", "state_version", "entry", "instances"}
+    head                   {"version", "state_version", "entry", "instances", "specs"}
     history/000000000042   one entry per version: who, what, and the full
                            desired state on the versions that changed it
 
@@ -15,8 +15,9 @@ absent (``cas=0``).  Should it die in between, the next committer (or reader)
 finds the entry in ``head`` and writes it for it, so history has no holes and a
 late or repeated copy changes nothing.
 
-Instances live in ``head`` too, so they move with the version under the same
-check-and-set.  Consul caps a value at 512 KiB: that bounds the desired state
+Instances and service specs live in ``head`` too, so they move with the version
+under the same check-and-set; a record there that does not parse is refused at
+load, naming the key and the record.  Consul caps a value at 512 KiB: that bounds the desired state
 plus the registered instances (a few thousand) per version.
 
 ``watch`` is a blocking query on ``head`` on a client of its own, so that a
@@ -42,9 +43,18 @@ import consul
 import requests
 
 from control.registry.consul import Backoff
-from control.registry.local import Instance, InstanceSpec
 from control.state import DesiredState
-from control.store.base import Change, HistoryEntry, Loaded, Store, StoreError, VersionConflict
+from control.store.base import (
+    Change,
+    HistoryEntry,
+    Loaded,
+    Store,
+    StoreError,
+    VersionConflict,
+    parse_instance,
+    parse_record,
+    parse_spec,
+)
 
 log = logging.getLogger("meshcontrol.consul")
 
@@ -124,6 +134,7 @@ class _Head:
     state_version: int
     entry: dict[str, Any] | None
     instances: dict[str, dict[str, Any]]
+    specs: dict[str, dict[str, Any]]
 
 
 class ConsulStore(Store):
@@ -160,7 +171,7 @@ class ConsulStore(Store):
 
     def _parse_head(self, item: dict[str, Any] | None) -> _Head:
         if item is None:
-            return _Head(0, 0, 0, None, {})
+            return _Head(0, 0, 0, None, {}, {})
         data = self._decode(item["Value"], self.head_key)
         try:
             return _Head(
@@ -169,6 +180,7 @@ class ConsulStore(Store):
                 int(data["state_version"]),
                 data.get("entry"),
                 dict(data.get("instances") or {}),
+                dict(data.get("specs") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"consul key {self.head_key} is malformed: {exc!r}") from None
@@ -199,17 +211,18 @@ class ConsulStore(Store):
             entry = self._read_entry(int(entry["state_version"]), head)
         if entry is None or entry.get("state") is None:
             raise StoreError(f"consul history lacks the desired state of version {version}")
-        return DesiredState.from_json(json.dumps(entry["state"]))
+        where = f"consul key {self._history_key(int(entry['version']))}: the desired state"
+        return parse_record(where, lambda: DesiredState.from_json(json.dumps(entry["state"])))
 
     # -- Store ---------------------------------------------------------------
 
     def load(self) -> Loaded:
         head = self._head()
-        instances = [
-            Instance(i, InstanceSpec.model_validate(spec))
-            for i, spec in sorted(head.instances.items())
-        ]
-        return Loaded(head.version, self._state_of(head.state_version, head), instances)
+        where = f"consul key {self.head_key}"
+        instances = [parse_instance(where, i, raw) for i, raw in sorted(head.instances.items())]
+        specs = {name: parse_spec(where, name, raw) for name, raw in sorted(head.specs.items())}
+        state = self._state_of(head.state_version, head)
+        return Loaded(head.version, state, instances, specs)
 
     def commit(self, expected: int, change: Change, now: float) -> int:
         for _ in range(_CAS_TRIES):
@@ -226,11 +239,17 @@ class ConsulStore(Store):
                 instances[instance.id] = instance.spec.model_dump(mode="json")
             for gone in change.deleted_instances:
                 instances.pop(gone, None)
+            specs = dict(head.specs)
+            for name, spec in change.put_specs:
+                specs[name] = spec.model_dump(mode="json")
+            for name in change.deleted_specs:
+                specs.pop(name, None)
             new_head = {
                 "version": version,
                 "state_version": state_version,
                 "entry": _entry_json(version, now, change, state_version),
                 "instances": instances,
+                "specs": specs,
             }
             body = json.dumps(new_head, separators=(",", ":"))
             won = self._call("commit", self._kv.put, self.head_key, body, cas=head.modify_index)

@@ -3,7 +3,8 @@
 ``history`` is both the audit log and the version counter: one row per
 version, with the full desired state on the rows that changed it (so any
 version can be restored without replaying diffs).  ``instances`` holds the
-registered instances as of the latest version.  The schema evolves through
+registered instances and ``specs`` the service specs as of the latest version;
+a row that does not parse is refused at load, naming its table and key.  The schema evolves through
 ``PRAGMA user_version`` and the ``MIGRATIONS`` list; a file written by a newer
 meshcontrol is refused rather than guessed at.
 
@@ -17,9 +18,18 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from control.registry.local import Instance, InstanceSpec
 from control.state import DesiredState
-from control.store.base import Change, HistoryEntry, Loaded, Store, StoreError, VersionConflict
+from control.store.base import (
+    Change,
+    HistoryEntry,
+    Loaded,
+    Store,
+    StoreError,
+    VersionConflict,
+    parse_instance,
+    parse_record,
+    parse_spec,
+)
 
 MIGRATIONS: list[str] = [
     # 1: history (audit + versions + states) and the registered instances
@@ -35,6 +45,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE instances (
         id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL
+    );
+    """,
+    # 2: the service specs (how to run a service and how many), as of the latest version
+    """
+    CREATE TABLE specs (
+        service TEXT PRIMARY KEY,
         spec TEXT NOT NULL
     );
     """,
@@ -92,8 +109,10 @@ class SQLiteStore(Store):
     def load(self) -> Loaded:
         state = self.state_at(self._version()) or DesiredState()
         rows = self._db.execute("SELECT id, spec FROM instances ORDER BY id").fetchall()
-        instances = [Instance(i, InstanceSpec.model_validate_json(spec)) for i, spec in rows]
-        return Loaded(self._version(), state, instances)
+        instances = [parse_instance(f"{self.path} table instances", i, raw) for i, raw in rows]
+        rows = self._db.execute("SELECT service, spec FROM specs ORDER BY service").fetchall()
+        specs = {name: parse_spec(f"{self.path} table specs", name, raw) for name, raw in rows}
+        return Loaded(self._version(), state, instances, specs)
 
     def commit(self, expected: int, change: Change, now: float) -> int:
         self._db.execute("BEGIN IMMEDIATE")
@@ -121,6 +140,13 @@ class SQLiteStore(Store):
             self._db.executemany(
                 "DELETE FROM instances WHERE id = ?", [(i,) for i in change.deleted_instances]
             )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO specs VALUES (?, ?)",
+                [(name, spec.model_dump_json()) for name, spec in change.put_specs],
+            )
+            self._db.executemany(
+                "DELETE FROM specs WHERE service = ?", [(n,) for n in change.deleted_specs]
+            )
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -144,11 +170,14 @@ class SQLiteStore(Store):
         if version < 0 or version > self._version():
             return None
         row = self._db.execute(
-            "SELECT state FROM history WHERE version <= ? AND state IS NOT NULL "
+            "SELECT version, state FROM history WHERE version <= ? AND state IS NOT NULL "
             "ORDER BY version DESC LIMIT 1",
             (version,),
         ).fetchone()
-        return DesiredState.from_json(row[0]) if row else DesiredState()
+        if row is None:
+            return DesiredState()
+        where = f"{self.path} table history: the desired state of version {row[0]}"
+        return parse_record(where, lambda: DesiredState.from_json(row[1]))
 
     def close(self) -> None:
         self._db.close()

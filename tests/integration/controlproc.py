@@ -24,15 +24,17 @@ def meshcontrol(
     env: Mapping[str, str],
     log: Path | None = None,
     require_clean_exit: bool = False,
+    port: int = 0,
 ) -> Iterator[str]:
     """Yield the control plane's base URL.  ``env`` adds ``MESHCONTROL_*``
     settings (the data directory is set here); ``require_clean_exit`` asserts
-    that SIGTERM ends it with status 0."""
+    that SIGTERM ends it with status 0; ``port`` 0 lets the OS choose (give the
+    port of an earlier run to start it again where its clients look)."""
     log = log or data_dir / f"meshcontrol-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "MESHCONTROL_DATA_DIR": str(data_dir), **env}
     with log.open("ab") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "control", "run", "--port", "0"],
+            [sys.executable, "-m", "control", "run", "--port", str(port)],
             cwd=ROOT,
             env=full_env,
             stdout=subprocess.DEVNULL,
