@@ -1,9 +1,9 @@
 """Which parts of the policy chain the sidecar under test actually enforces.
 
-The policy target's config asks for a rate limit and an allow rule on the
-inbound listener of the origin's sidecar (where a service's policies are
-enforced); a sidecar that does not apply one of them would still be measured,
-and the table would lie.  So each part is checked by its effect before the
+The policy target's config asks for a rate limit, an allow rule and a 90/10
+split on an inbound (gateway) listener of the service's own node, where a
+service's policies are enforced; a sidecar that does not apply one of them
+would still be measured, and the table would lie.  So each part is checked by its effect before the
 load starts, through the same kind of listener: a short-lived sidecar whose
 config makes it bite (429 at one request per second, 403 for a deny-all rule).
 ``probe_split`` checks a 90/10 split by the share of answers from the v2
@@ -70,10 +70,12 @@ def probe_split(outbound_port: int) -> Part:
 
 def probe_chain(run: Run, port: int) -> list[Part]:
     """Probe two throw-away sidecars configured like the policy target (which
-    runs on ``port``) for the rate limit and the access rule."""
+    runs on ``port``) for the rate limit and the access rule, and the target
+    itself for its 90/10 split."""
     return [
         _probe_sidecar(run, "rate limit", configs.rate_limit_probe_bootstrap, 5, judge_rate_limit),
         _probe_sidecar(run, "authz", configs.authz_probe_bootstrap, 1, judge_authz),
+        probe_split(port),
     ]
 
 

@@ -97,15 +97,16 @@ backend origin
 
 @dataclass(frozen=True, slots=True)
 class PolicyChain:
-    """The parts of the policy-chain target: a rate limit that is never reached
-    and an allow rule that admits every GET.  A service's policies are enforced
-    by its own sidecar, on the inbound listener in front of it (server side, as
-    Istio does), so that is where this target takes the load.  A weighted split
-    is a route of the caller's sidecar: the ``meshproxy-split`` target measures
-    it."""
+    """The parts of the policy-chain target (BENCHMARKS.md): a rate limit that
+    is never reached, an allow rule that admits every GET and a 90/10 weighted
+    split.  A service's policies are enforced on an inbound listener of its
+    own node (server side, as Istio does), so that is where this target takes
+    the load; with ``split`` that listener is a gateway (no local app: it
+    routes by the route table), so that all three parts run on every request."""
 
     rate_limit: bool = True
     authz: bool = True
+    split: bool = True
 
 
 OBSERVABILITY_KINDS = ("default", "no_metrics", "trace_1pct")
@@ -125,7 +126,7 @@ def meshproxy_bootstrap(
     ``trace_1pct`` (default plus OTLP/HTTP tracing at 1% sampling, exported to
     the origin, which answers any POST with 200)."""
     if chain is not None:
-        return policy_bootstrap(origin_ports[0], chain)
+        return policy_bootstrap(origin_ports, chain)
     if observability not in OBSERVABILITY_KINDS:
         raise ValueError(f"unknown observability kind {observability!r}")
     service: dict[str, Any] = {"endpoints": [_endpoint(origin_ports[0], None)]}
@@ -187,27 +188,44 @@ def routing_bootstrap(origin_ports: tuple[int, ...], kind: str) -> dict[str, Any
     return boot
 
 
-def policy_bootstrap(origin_port: int, chain: PolicyChain) -> dict[str, Any]:
-    """The origin's own sidecar: one inbound listener (named ``inbound``) in
-    front of ``origin_port``, with the service policy and access rule of
-    ``chain``."""
-    snapshot: dict[str, Any] = {"policies": [_policy(chain)]}
+def policy_bootstrap(origin_ports: tuple[int, ...], chain: PolicyChain) -> dict[str, Any]:
+    """The origin's own node: one inbound listener (named ``inbound``) with the
+    service policy and access rule of ``chain``; in front of the first origin
+    port, or with ``chain.split`` a gateway routing 90/10 over the first two
+    (subsets v1 and v2)."""
+    policy = _policy(chain)
+    snapshot: dict[str, Any] = {"policies": [policy]}
     if chain.authz:
         snapshot["access"] = [
             {"service": SERVICE, "action": "allow", "rules": [{"to": {"methods": ["GET"]}}]}
         ]
+    listener: dict[str, Any] = {
+        "name": "inbound",
+        "direction": "inbound",
+        "address": "127.0.0.1",
+        "port": 0,
+    }
+    if chain.split:
+        v1, v2 = origin_ports[0], origin_ports[1]
+        snapshot["services"] = {SERVICE: {"endpoints": [_endpoint(v1, "v1"), _endpoint(v2, "v2")]}}
+        snapshot["routes"] = [
+            {
+                "service": SERVICE,
+                "rules": [
+                    {"backends": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}
+                ],
+            }
+        ]
+        policy["subsets"] = {
+            "v1": {"labels": {"version": "v1"}},
+            "v2": {"labels": {"version": "v2"}},
+        }
+    else:
+        listener["local_app"] = f"127.0.0.1:{origin_ports[0]}"
     return {
         "node": {"id": "bench-policy", "service": SERVICE},
         "admin": {"address": "127.0.0.1", "port": 0},
-        "listeners": [
-            {
-                "name": "inbound",
-                "direction": "inbound",
-                "address": "127.0.0.1",
-                "port": 0,
-                "local_app": f"127.0.0.1:{origin_port}",
-            }
-        ],
+        "listeners": [listener],
         "snapshot": snapshot,
     }
 
@@ -232,7 +250,7 @@ def _policy(chain: PolicyChain) -> dict[str, Any]:
 def rate_limit_probe_bootstrap(origin_ports: tuple[int, ...]) -> dict[str, Any]:
     """The policy config with a limit of one request per second: a sidecar that
     enforces rate limits answers 429 to the second of a quick burst."""
-    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=True, authz=False))
+    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=True, authz=False, split=False))
     boot["snapshot"]["policies"][0]["rate_limits"] = [
         {"key": "client_address", "requests_per_second": 1, "burst": 1}
     ]
@@ -242,7 +260,7 @@ def rate_limit_probe_bootstrap(origin_ports: tuple[int, ...]) -> dict[str, Any]:
 def authz_probe_bootstrap(origin_ports: tuple[int, ...]) -> dict[str, Any]:
     """The policy config with every GET denied: a sidecar that enforces access
     policies answers 403."""
-    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=False, authz=True))
+    boot = meshproxy_bootstrap(origin_ports, PolicyChain(rate_limit=False, authz=True, split=False))
     boot["snapshot"]["access"] = [
         {"service": SERVICE, "action": "deny", "rules": [{"to": {"methods": ["GET"]}}]}
     ]

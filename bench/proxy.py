@@ -135,7 +135,7 @@ def _starters(
             run,
             "meshproxy-policy",
             configs.meshproxy_bootstrap(run.origin_ports, configs.PolicyChain()),
-            "rate limit + authz, inbound listener",
+            "rate limit + authz + 90/10 split, inbound gateway listener",
             listener="inbound",
         )[0],
         "meshproxy-2hop": two_hops("meshproxy-2hop", mtls=False),

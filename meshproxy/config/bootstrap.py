@@ -46,10 +46,13 @@ class Listener(Model):
 
     @model_validator(mode="after")
     def _needs(self) -> Listener:
+        # An inbound HTTP listener without ``local_app`` is a gateway: the node
+        # service's rate limits and access policies apply, then requests are
+        # routed by Host through the route tables, as outbound ones are.
         if self.protocol == "tcp" and not self.service:
             raise ValueError("a tcp listener needs 'service'")
-        if self.protocol == "http" and self.direction == "inbound" and not self.local_app:
-            raise ValueError("an inbound listener needs 'local_app'")
+        if self.local_app and (self.protocol != "http" or self.direction != "inbound"):
+            raise ValueError("'local_app' is for inbound http listeners")
         return self
 
 

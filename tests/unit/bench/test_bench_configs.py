@@ -20,18 +20,30 @@ def test_default_sidecar_config_has_one_endpoint_and_no_route_table() -> None:
     assert boot.snapshot.access == []
 
 
-def test_policy_config_is_the_origins_own_sidecar_where_policies_are_enforced() -> None:
+def test_policy_config_runs_limit_authz_and_split_on_the_services_own_node() -> None:
     raw = configs.meshproxy_bootstrap(PORTS, configs.PolicyChain())
     boot = parse_bootstrap(configs.to_yaml(raw), "bench")
     assert boot.node.service == configs.SERVICE
     (listener,) = boot.listeners
     assert (listener.name, listener.direction) == ("inbound", "inbound")
-    assert listener.local_app == "127.0.0.1:9001"
+    assert listener.local_app is None  # a gateway: routed by the table
     (policy,) = boot.snapshot.policies
     assert policy.service == configs.SERVICE
     assert policy.rate_limits[0].requests_per_second >= 1_000_000  # never reached
+    assert set(policy.subsets) == {"v1", "v2"}
     (access,) = boot.snapshot.access
     assert (access.service, access.action) == (configs.SERVICE, "allow")
+    (table,) = boot.snapshot.routes
+    weights = [(b.subset, b.weight) for b in table.rules[0].backends]
+    assert weights == [("v1", 90), ("v2", 10)]
+    ports = sorted(e.port for e in boot.snapshot.services[configs.SERVICE].endpoints)
+    assert ports == sorted(PORTS[:2])
+
+
+def test_without_the_split_the_policy_sidecar_fronts_the_origin() -> None:
+    raw = configs.meshproxy_bootstrap(PORTS, configs.PolicyChain(split=False))
+    (listener,) = parse_bootstrap(configs.to_yaml(raw), "bench").listeners
+    assert listener.local_app == f"127.0.0.1:{PORTS[0]}"
 
 
 def test_policy_parts_can_be_left_out() -> None:

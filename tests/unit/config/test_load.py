@@ -42,3 +42,18 @@ def test_unknown_field_is_refused() -> None:
     with pytest.raises(ConfigError) as err:
         parse_bootstrap("node: {id: a, service: b, colour: red}\n")
     assert "node.colour" in str(err.value)
+
+
+def test_local_app_belongs_to_inbound_http_listeners_only() -> None:
+    text = (
+        "node: {id: a, service: b}\nlisteners:\n"
+        "  - {name: out, direction: outbound, port: 1, local_app: 127.0.0.1:80}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        parse_bootstrap(text, "l.yaml")
+    assert err.value.problems[0][0] == "l.yaml:3: listeners.0"
+    assert "'local_app' is for inbound http listeners" in err.value.problems[0][1]
+    gateway = parse_bootstrap(
+        "node: {id: a, service: b}\nlisteners:\n  - {name: gw, direction: inbound, port: 1}\n"
+    )
+    assert gateway.listeners[0].local_app is None
