@@ -19,6 +19,11 @@ requests, failed requests, duration histogram buckets), whatever their source
 at each step and judges the differences, so a counter reset (a restarted
 sidecar) is read as a new start, never as negative traffic.
 
+A rollout is kept in the store as a ``RolloutRecord`` with each weight it writes;
+after a restart ``Rollout.resume`` carries on from that weight, its interval
+begun again and the first sample it sees taken as the new baseline (the budget
+spent and the failed checks are those of the last write).
+
 Sans-IO: ``advance(now, sample)`` returns an ``Action``; nothing here reads a
 clock, scrapes a sidecar or writes a route.  ``canary_routes`` computes the
 route table that carries a weight; the driver writes it through the control
@@ -145,6 +150,17 @@ class Step(StrEnum):
     WAIT = "wait"
 
 
+class RolloutRecord(_Spec):
+    """What the store keeps of a rollout: written with each route weight it sets."""
+
+    spec: RolloutSpec
+    phase: Phase
+    canary_weight: int = Field(ge=0, le=100)
+    failed_checks: int = Field(ge=0)
+    spent: float = Field(ge=0)
+    reason: str
+
+
 @dataclass(frozen=True, slots=True)
 class Action:
     """What the driver must do: write ``canary_weight`` (0-100) unless ``step`` is WAIT."""
@@ -171,6 +187,26 @@ class Rollout:
     _step_time: float = field(default=0.0, repr=False)
     _last_time: float | None = field(default=None, repr=False)
     _last: CanarySample | None = field(default=None, repr=False)
+    _resumed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def resume(cls, record: RolloutRecord, now: float) -> Rollout:
+        """A stored rollout, carried on from its last weight: its interval starts now."""
+        rollout = cls(record.spec, record.phase, record.canary_weight, record.failed_checks,
+                      record.spent, record.reason)  # fmt: skip
+        rollout._step_time = now
+        rollout._resumed = record.phase is Phase.PROGRESSING
+        return rollout
+
+    def record(self) -> RolloutRecord:
+        return RolloutRecord(
+            spec=self.spec,
+            phase=self.phase,
+            canary_weight=self.canary_weight,
+            failed_checks=self.failed_checks,
+            spent=self.spent,
+            reason=self.reason,
+        )
 
     @property
     def finished(self) -> bool:
@@ -188,6 +224,11 @@ class Rollout:
             self._last, self._last_time = sample, now
             weight = min(self.spec.step_weight, self.spec.max_weight)
             return self._act(Step.SET_WEIGHT, weight, f"canary started at {weight}%")
+        if self._resumed and sample is not None:
+            # The counters before the restart were never seen: judge from here.
+            self._resumed = False
+            self._start = self._step_start = self._last = sample
+            self._last_time = now
         if sample is not None:
             self._track(sample)
             if self.spent >= self.spec.error_budget and self.spent > 0:

@@ -8,14 +8,16 @@ summary; every decision that writes is also recorded in the ``DecisionLog``.
 A write that fails (the store is down, the state refuses it) is owed and
 retried at the next tick; the rollout does not advance past it.
 
-Rollouts live in this process only: after a restart the route weights are
-those last written, and a rollout in progress must be PUT again.
+Each write stores the rollout (``RolloutRecord``) in the same commit as its
+weight, so a restarted control plane resumes it (``restore``) from that weight;
+a check failed or budget spent since the last write is counted again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import ClientSession
@@ -26,6 +28,7 @@ from control.rollout import (
     CanarySample,
     Rollout,
     RolloutError,
+    RolloutRecord,
     RolloutSpec,
     canary_routes,
 )
@@ -54,6 +57,12 @@ class RolloutDriver:
         self._running: dict[str, _Running] = {}
         self._lock = asyncio.Lock()
 
+    def restore(self, records: Mapping[str, RolloutRecord]) -> None:
+        """Take the rollouts a restarted control plane loaded; each resumes now."""
+        now = self.cp.monotonic()
+        for service, record in records.items():
+            self._running[service] = _Running(Rollout.resume(record, now), metrics_for(record.spec))
+
     def get(self, service: str) -> Rollout:
         found = self._running.get(service)
         if found is None:
@@ -76,7 +85,7 @@ class RolloutDriver:
             action = running.rollout.advance(
                 self.cp.monotonic(), await self._sample(running, session)
             )
-            await self._write(spec, action, actor)
+            await self._write(running.rollout, action, actor)
             self._running[spec.service] = running
             self._record(spec.service, action, actor)
             return running.rollout
@@ -99,8 +108,9 @@ class RolloutDriver:
                 raise NotFound(f"no rollout of service {service!r}")
             action = running.rollout.rollback(f"rollout deleted by {actor}")
             if action.writes:
-                await self._write(running.rollout.spec, action, actor)
+                await self._write(running.rollout, action, actor)
                 self._record(service, action, actor)
+            await self.cp.forget_rollout(service, actor)
             del self._running[service]
             return running.rollout
 
@@ -138,7 +148,7 @@ class RolloutDriver:
     async def _settle(self, running: _Running, action: Action, actor: str) -> None:
         service = running.rollout.spec.service
         try:
-            version = await self._write(running.rollout.spec, action, actor)
+            version = await self._write(running.rollout, action, actor)
         except (StateError, RolloutError, StoreError, VersionConflict) as exc:
             running.owed = action
             self._record(service, action, actor, error=str(exc))
@@ -146,14 +156,15 @@ class RolloutDriver:
         running.owed = None
         self._record(service, action, actor, version)
 
-    async def _write(self, spec: RolloutSpec, action: Action, actor: str) -> int:
+    async def _write(self, rollout: Rollout, action: Action, actor: str) -> int:
+        spec = rollout.spec
         for attempt in range(WRITE_TRIES):
             table = canary_routes(
                 self.cp.state.routes.get(spec.service), spec, action.canary_weight
             )
             try:
                 return await self.cp.put_resource(
-                    "routes", spec.service, dump(table), actor, reason=action.reason
+                    "routes", spec.service, dump(table), actor, action.reason, rollout.record()
                 )
             except VersionConflict:
                 if attempt == WRITE_TRIES - 1:

@@ -20,6 +20,7 @@ from typing import ParamSpec, TypeVar
 from control.nodes import ServiceSpec
 from control.push import NodeInfo, PushBook, build_snapshot
 from control.registry.local import Instance, InstanceSpec, LocalRegistry
+from control.rollout import RolloutRecord
 from control.state import DesiredState, Kind, Resource, StateError, check_state, parse_resource
 from control.store.base import Change, HistoryEntry, Store, VersionConflict
 from meshproxy.config.policy import Endpoint
@@ -56,6 +57,8 @@ class ControlPlane:
         self.state = DesiredState()
         # How each service runs and how many (the reconciler's input), as stored.
         self.specs: dict[str, ServiceSpec] = {}
+        # The rollouts as last stored (the driver resumes them at start).
+        self.rollouts: dict[str, RolloutRecord] = {}
         self.version = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="meshcontrol-store")
         self._lock = asyncio.Lock()
@@ -72,6 +75,7 @@ class ControlPlane:
         loaded = await self.run(self.store.load)
         self.version, self.state = loaded.version, loaded.state
         self.specs = dict(loaded.specs)
+        self.rollouts = dict(loaded.rollouts)
         now = self.monotonic()
         for instance in loaded.instances:
             self.registry.add(instance, now)
@@ -167,8 +171,15 @@ class ControlPlane:
         check_state(state, self.registry.services())
 
     async def put_resource(
-        self, kind: Kind, name: str, body: object, actor: str, reason: str | None = None
+        self,
+        kind: Kind,
+        name: str,
+        body: object,
+        actor: str,
+        reason: str | None = None,
+        rollout: RolloutRecord | None = None,
     ) -> int:
+        """``rollout``: the rollout that set this weight, stored in the same commit."""
         check_name(name)
         resource = parse_resource(kind, name, body)
         async with self._lock:
@@ -176,8 +187,25 @@ class ControlPlane:
             self._check(state)
             verb = "replaced" if name in self.state.of(kind) else "created"
             summary = f"{kind} of {name} {verb}" + (f": {reason}" if reason else "")
-            change = Change(actor, "put", f"{kind}/{name}", summary, state)
-            return await self._commit(change)
+            rollouts = (rollout,) if rollout is not None else ()
+            change = Change(actor, "put", f"{kind}/{name}", summary, state, put_rollouts=rollouts)
+            version = await self._commit(change)
+            if rollout is not None:
+                self.rollouts[rollout.spec.service] = rollout
+            return version
+
+    async def forget_rollout(self, service: str, actor: str) -> int | None:
+        """Drop a stored rollout (None: none was stored)."""
+        async with self._lock:
+            if service not in self.rollouts:
+                return None
+            summary = f"rollout of {service} deleted"
+            change = Change(
+                actor, "delete", f"rollouts/{service}", summary, deleted_rollouts=(service,)
+            )
+            version = await self._commit(change)
+            del self.rollouts[service]
+            return version
 
     async def delete_resource(self, kind: Kind, name: str, actor: str) -> int:
         async with self._lock:

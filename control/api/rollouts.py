@@ -135,6 +135,7 @@ def install_rollouts(app: web.Application, cp: ControlPlane, every: float) -> Ro
     app[DECISIONS] = log
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        driver.restore(cp.rollouts)
         async with ClientSession() as session:
             app[SESSION] = session
             task = asyncio.create_task(driver.run(every, session))

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from control.nodes import ServiceSpec
 from control.registry.local import Instance, InstanceSpec
+from control.rollout import RolloutRecord
 from control.state import DesiredState
 
 T = TypeVar("T")
@@ -50,6 +51,9 @@ class Change:
     # like the instances, not in the history's states (a rollback leaves them be).
     put_specs: tuple[tuple[str, ServiceSpec], ...] = ()
     deleted_specs: tuple[str, ...] = ()
+    # Rollouts, by service, kept the same way (written with the weights they set).
+    put_rollouts: tuple[RolloutRecord, ...] = ()
+    deleted_rollouts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Loaded:
     state: DesiredState
     instances: list[Instance]
     specs: dict[str, ServiceSpec] = field(default_factory=dict)
+    rollouts: dict[str, RolloutRecord] = field(default_factory=dict)
 
 
 def parse_record(where: str, parse: Callable[[], T]) -> T:
@@ -120,3 +125,12 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+
+def parse_rollout(where: str, service: str, raw: str | dict[str, object]) -> RolloutRecord:
+    def parse() -> RolloutRecord:
+        if isinstance(raw, str):
+            return RolloutRecord.model_validate_json(raw)
+        return RolloutRecord.model_validate(raw)
+
+    return parse_record(f"{where}: rollout of service {service!r}", parse)

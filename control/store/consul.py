@@ -2,7 +2,8 @@
 
 Layout under the prefix (``meshproxy/`` by default):
 
-    head                   {"version", "state_version", "entry", "instances", "specs"}
+    head                   {"version", "state_version", "entry", "instances",
+                            "specs", "rollouts"}
     history/000000000042   one entry per version: who, what, and the full
                            desired state on the versions that changed it
 
@@ -15,7 +16,7 @@ absent (``cas=0``).  Should it die in between, the next committer (or reader)
 finds the entry in ``head`` and writes it for it, so history has no holes and a
 late or repeated copy changes nothing.
 
-Instances and service specs live in ``head`` too, so they move with the version
+Instances, service specs and rollouts live in ``head`` too, so they move with the version
 under the same check-and-set; a record there that does not parse is refused at
 load, naming the key and the record.  Consul caps a value at 512 KiB: that bounds the desired state
 plus the registered instances (a few thousand) per version.
@@ -53,6 +54,7 @@ from control.store.base import (
     VersionConflict,
     parse_instance,
     parse_record,
+    parse_rollout,
     parse_spec,
 )
 
@@ -135,6 +137,7 @@ class _Head:
     entry: dict[str, Any] | None
     instances: dict[str, dict[str, Any]]
     specs: dict[str, dict[str, Any]]
+    rollouts: dict[str, dict[str, Any]]
 
 
 class ConsulStore(Store):
@@ -171,7 +174,7 @@ class ConsulStore(Store):
 
     def _parse_head(self, item: dict[str, Any] | None) -> _Head:
         if item is None:
-            return _Head(0, 0, 0, None, {}, {})
+            return _Head(0, 0, 0, None, {}, {}, {})
         data = self._decode(item["Value"], self.head_key)
         try:
             return _Head(
@@ -181,6 +184,7 @@ class ConsulStore(Store):
                 data.get("entry"),
                 dict(data.get("instances") or {}),
                 dict(data.get("specs") or {}),
+                dict(data.get("rollouts") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise StoreError(f"consul key {self.head_key} is malformed: {exc!r}") from None
@@ -221,8 +225,11 @@ class ConsulStore(Store):
         where = f"consul key {self.head_key}"
         instances = [parse_instance(where, i, raw) for i, raw in sorted(head.instances.items())]
         specs = {name: parse_spec(where, name, raw) for name, raw in sorted(head.specs.items())}
+        rollouts = {
+            name: parse_rollout(where, name, raw) for name, raw in sorted(head.rollouts.items())
+        }
         state = self._state_of(head.state_version, head)
-        return Loaded(head.version, state, instances, specs)
+        return Loaded(head.version, state, instances, specs, rollouts)
 
     def commit(self, expected: int, change: Change, now: float) -> int:
         for _ in range(_CAS_TRIES):
@@ -244,12 +251,18 @@ class ConsulStore(Store):
                 specs[name] = spec.model_dump(mode="json")
             for name in change.deleted_specs:
                 specs.pop(name, None)
+            rollouts = dict(head.rollouts)
+            for record in change.put_rollouts:
+                rollouts[record.spec.service] = record.model_dump(mode="json")
+            for name in change.deleted_rollouts:
+                rollouts.pop(name, None)
             new_head = {
                 "version": version,
                 "state_version": state_version,
                 "entry": _entry_json(version, now, change, state_version),
                 "instances": instances,
                 "specs": specs,
+                "rollouts": rollouts,
             }
             body = json.dumps(new_head, separators=(",", ":"))
             won = self._call("commit", self._kv.put, self.head_key, body, cas=head.modify_index)

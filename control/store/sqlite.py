@@ -3,7 +3,8 @@
 ``history`` is both the audit log and the version counter: one row per
 version, with the full desired state on the rows that changed it (so any
 version can be restored without replaying diffs).  ``instances`` holds the
-registered instances and ``specs`` the service specs as of the latest version;
+registered instances, ``specs`` the service specs and ``rollouts`` the rollouts
+as of the latest version;
 a row that does not parse is refused at load, naming its table and key.  The schema evolves through
 ``PRAGMA user_version`` and the ``MIGRATIONS`` list; a file written by a newer
 meshcontrol is refused rather than guessed at.
@@ -28,6 +29,7 @@ from control.store.base import (
     VersionConflict,
     parse_instance,
     parse_record,
+    parse_rollout,
     parse_spec,
 )
 
@@ -53,6 +55,13 @@ MIGRATIONS: list[str] = [
     CREATE TABLE specs (
         service TEXT PRIMARY KEY,
         spec TEXT NOT NULL
+    );
+    """,
+    # 3: the rollouts (spec and progress), as of the latest version
+    """
+    CREATE TABLE rollouts (
+        service TEXT PRIMARY KEY,
+        record TEXT NOT NULL
     );
     """,
 ]
@@ -112,7 +121,10 @@ class SQLiteStore(Store):
         instances = [parse_instance(f"{self.path} table instances", i, raw) for i, raw in rows]
         rows = self._db.execute("SELECT service, spec FROM specs ORDER BY service").fetchall()
         specs = {name: parse_spec(f"{self.path} table specs", name, raw) for name, raw in rows}
-        return Loaded(self._version(), state, instances, specs)
+        rows = self._db.execute("SELECT service, record FROM rollouts ORDER BY service").fetchall()
+        where = f"{self.path} table rollouts"
+        rollouts = {name: parse_rollout(where, name, raw) for name, raw in rows}
+        return Loaded(self._version(), state, instances, specs, rollouts)
 
     def commit(self, expected: int, change: Change, now: float) -> int:
         self._db.execute("BEGIN IMMEDIATE")
@@ -146,6 +158,13 @@ class SQLiteStore(Store):
             )
             self._db.executemany(
                 "DELETE FROM specs WHERE service = ?", [(n,) for n in change.deleted_specs]
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rollouts VALUES (?, ?)",
+                [(r.spec.service, r.model_dump_json()) for r in change.put_rollouts],
+            )
+            self._db.executemany(
+                "DELETE FROM rollouts WHERE service = ?", [(n,) for n in change.deleted_rollouts]
             )
             self._db.execute("COMMIT")
         except BaseException:
