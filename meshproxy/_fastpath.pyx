@@ -25,6 +25,7 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "SplitRoutes",
+    "TraceIds",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",
@@ -516,3 +517,4 @@ def parse_request_head(
 include "_fastpath_response.pxi"
 include "_fastpath_chunked.pxi"
 include "_fastpath_split.pxi"
+include "_fastpath_trace.pxi"

@@ -90,6 +90,7 @@ from meshproxy._fastpath_fields_py import (
     keep_alive_timeout,
 )
 from meshproxy._fastpath_split_py import SplitRoutes, split_bucket
+from meshproxy._fastpath_trace_py import TraceIds
 
 __all__ = [
     "BODY_CHUNKED",
@@ -104,6 +105,7 @@ __all__ = [
     "RequestHead",
     "ResponseHead",
     "SplitRoutes",
+    "TraceIds",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",

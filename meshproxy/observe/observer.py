@@ -39,7 +39,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -63,9 +65,17 @@ _TRACE_NAME_LENGTHS = TRACE_NAME_LENGTHS
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
 _ZERO_SPAN = b"0" * 16
-_SPAN_BITS = (1 << 64) - 1
-_TRACEPARENT = b"00-%032x-%016x-00"
-_TRACEPARENT_SAMPLED = b"00-%032x-%016x-01"
+# Every id pool of this process, emptied in a forked child (``--workers``):
+# two workers must never hand out the same ids.
+_ID_POOLS: weakref.WeakSet[fp.TraceIds] = weakref.WeakSet()
+
+
+def _reset_id_pools() -> None:
+    for pool in list(_ID_POOLS):
+        pool.reset()
+
+
+os.register_at_fork(after_in_child=_reset_id_pools)
 _ZERO_TRACE = b"0" * 32
 
 
@@ -113,6 +123,8 @@ class MeshObserver:
         # passed on in the formats its request carried (one writer per set).
         self._write_new = writer(self._formats[:1])
         self._new_w3c = self._formats[0] == "w3c"
+        self._ids = fp.TraceIds(os.urandom)
+        _ID_POOLS.add(self._ids)
         self._writers: dict[tuple[str, ...], Writer] = {}
         self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
         self._ratio, self._rand = self._sampler.ratio, self._sampler.rand  # inlined per request
@@ -193,15 +205,11 @@ class MeshObserver:
         else:  # no field could carry a trace context: spare the reading
             caller, present = None, ()
         if caller is None and not present and self._new_w3c:
-            # A new trace in W3C form, the common case: one draw and one
-            # formatting for both ids and the field.
-            bits = _getrandbits(192)
-            trace, span = bits >> 64, bits & _SPAN_BITS
-            if not trace or not span:  # all-zero ids are invalid
-                return self._started_traced(exchange, headers)
+            # A new trace in W3C form, the common case: the fast path makes
+            # the field from pooled entropy.
             ratio = self._ratio
             sampled = ratio >= 1.0 or (ratio > 0.0 and self._rand() < ratio)
-            value = (_TRACEPARENT_SAMPLED if sampled else _TRACEPARENT) % (trace, span)
+            value = self._ids.traceparent(sampled)
             if sampled or self._log is not None:  # the ids are read by a span or a log line
                 exchange.trace_id = value[3:35].decode()
                 exchange.span_id = value[36:52].decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 from typing import Any
 
 import pytest
@@ -361,3 +362,22 @@ async def test_start_flushes_periodically_and_close_drains_log_and_spans() -> No
     assert len(stream.getvalue().splitlines()) == 1
     assert len(spans.get_finished_spans()) == 1
     metrics.close()
+
+
+def test_a_forked_worker_never_repeats_its_parents_trace_ids() -> None:
+    observer, _spans = traced(sampling=0.0)
+    observer.exchange_started(exchange(), [])  # the parent's id pool is filled
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next new trace, then out without cleanup
+        try:
+            (field,) = observer.exchange_started(exchange(), [])
+            os.write(write_end, field[1])
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 100)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    (mine,) = observer.exchange_started(exchange(), [])
+    assert len(child) == 55 and child[3:35] != mine[1][3:35]

@@ -1,0 +1,67 @@
+# New W3C ``traceparent`` values of ``_fastpath.pyx`` (included there; twin of
+# ``_fastpath_trace_py.TraceIds``: same pool size, same bytes per id, same
+# order, so the same entropy gives the same values).
+
+cdef Py_ssize_t TRACE_POOL = 4080
+cdef const char* _HEX_DIGITS = b"0123456789abcdef"
+
+
+cdef inline bint _all_zero(const unsigned char* p, Py_ssize_t n):
+    cdef Py_ssize_t i
+    for i in range(n):
+        if p[i]:
+            return False
+    return True
+
+
+cdef class TraceIds:
+    """A pool of entropy turned into ``traceparent`` values (see the twin)."""
+
+    cdef object _entropy
+    cdef bytes _pool
+    cdef Py_ssize_t _pos
+    cdef object __weakref__
+
+    def __init__(self, entropy):
+        self._entropy = entropy
+        self._pool = b""
+        self._pos = 0
+
+    def reset(self):
+        self._pool = b""
+        self._pos = 0
+
+    cdef const unsigned char* _next(self) except NULL:
+        cdef const unsigned char* src
+        cdef object pool
+        while True:
+            if self._pos + 24 > PyBytes_GET_SIZE(self._pool):
+                pool = self._entropy(TRACE_POOL)
+                if type(pool) is not bytes or PyBytes_GET_SIZE(pool) != TRACE_POOL:
+                    raise ValueError(f"entropy must return {TRACE_POOL} bytes")
+                self._pool = pool
+                self._pos = 0
+            src = <const unsigned char*>PyBytes_AS_STRING(self._pool) + self._pos
+            self._pos += 24
+            if not _all_zero(src, 16) and not _all_zero(src + 16, 8):
+                return src
+
+    def traceparent(self, bint sampled):
+        cdef const unsigned char* src = self._next()
+        cdef bytes value = PyBytes_FromStringAndSize(NULL, 55)
+        cdef char* out = PyBytes_AS_STRING(value)
+        cdef Py_ssize_t i
+        out[0] = 48
+        out[1] = 48
+        out[2] = 45
+        for i in range(16):
+            out[3 + 2 * i] = _HEX_DIGITS[src[i] >> 4]
+            out[4 + 2 * i] = _HEX_DIGITS[src[i] & 15]
+        out[35] = 45
+        for i in range(8):
+            out[36 + 2 * i] = _HEX_DIGITS[src[16 + i] >> 4]
+            out[37 + 2 * i] = _HEX_DIGITS[src[16 + i] & 15]
+        out[52] = 45
+        out[53] = 48
+        out[54] = 49 if sampled else 48
+        return value

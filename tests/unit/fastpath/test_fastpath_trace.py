@@ -1,0 +1,77 @@
+"""New traceparent values from a pool of entropy, in both fast-path twins."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from collections.abc import Callable
+from types import ModuleType
+
+import pytest
+
+from meshproxy import _fastpath_trace_py as twin
+from meshproxy.observe.propagation import parse_traceparent
+
+POOL = twin.POOL
+TRACEPARENT = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
+
+
+def seeded(seed: int) -> Callable[[int], bytes]:
+    rng = random.Random(seed)
+    return rng.randbytes
+
+
+def test_values_are_w3c_traceparents_that_parse_back(fastpath: ModuleType) -> None:
+    ids = fastpath.TraceIds(os.urandom)
+    for sampled in (True, False):
+        value = ids.traceparent(sampled)
+        assert TRACEPARENT.fullmatch(value)
+        ctx = parse_traceparent(value)
+        assert ctx is not None and ctx.sampled is sampled
+
+
+def test_ids_are_the_entropy_in_order_as_lower_case_hex(fastpath: ModuleType) -> None:
+    pool = bytes(range(256)) * (POOL // 256) + bytes(range(POOL % 256))
+    ids = fastpath.TraceIds(lambda n: pool[:n])
+    first, second = ids.traceparent(False), ids.traceparent(True)
+    assert first == b"00-" + pool[:16].hex().encode() + b"-" + pool[16:24].hex().encode() + b"-00"
+    assert second[3:35] == pool[24:40].hex().encode() and second.endswith(b"-01")
+
+
+def test_a_pool_serves_its_ids_then_entropy_is_read_again(fastpath: ModuleType) -> None:
+    reads: list[int] = []
+    source = seeded(7)
+
+    def entropy(n: int) -> bytes:
+        reads.append(n)
+        return source(n)
+
+    ids = fastpath.TraceIds(entropy)
+    values = [ids.traceparent(False) for _ in range(POOL // 24 + 1)]
+    assert reads == [POOL, POOL]
+    assert len(set(values)) == len(values)
+    ids.reset()  # a forked child starts from fresh entropy
+    ids.traceparent(False)
+    assert reads == [POOL, POOL, POOL]
+
+
+def test_all_zero_ids_are_skipped(fastpath: ModuleType) -> None:
+    zero_trace = bytes(16) + b"\x01" * 8
+    zero_span = b"\x02" * 16 + bytes(8)
+    good = b"\x03" * 24
+    pool = (zero_trace + zero_span + good) * (POOL // 72) + bytes(POOL % 72)
+    ids = fastpath.TraceIds(lambda n: pool)
+    assert ids.traceparent(True) == b"00-" + b"03" * 16 + b"-" + b"03" * 8 + b"-01"
+
+
+def test_the_same_entropy_gives_the_python_twins_values(fastpath: ModuleType) -> None:
+    a, b = fastpath.TraceIds(seeded(3)), twin.TraceIds(seeded(3))
+    assert [a.traceparent(i % 2 == 0) for i in range(400)] == [
+        b.traceparent(i % 2 == 0) for i in range(400)
+    ]
+
+
+def test_entropy_of_the_wrong_size_is_refused(fastpath: ModuleType) -> None:
+    with pytest.raises(ValueError, match="entropy must return"):
+        fastpath.TraceIds(lambda n: b"short").traceparent(False)
