@@ -89,6 +89,25 @@ def tree_rss_kib(pid: int) -> int:
     return rss_kib(pid) + sum(tree_rss_kib(child) for child in children(pid))
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads); 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2 :].split()  # after the command name
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
+
+
+def tree_cpu_seconds(pids: tuple[int, ...]) -> float:
+    """CPU time of processes and their descendants (a sidecar's workers,
+    nginx's worker, the second hop of a two-sidecar target)."""
+    return sum(cpu_seconds(pid) + tree_cpu_seconds(tuple(children(pid))) for pid in pids)
+
+
 class ProcessGroup:
     """The children of one benchmark run, stopped together (last started, first
     stopped) by ``stop_all``, which is safe to call more than once."""

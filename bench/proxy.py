@@ -11,6 +11,7 @@ Ctrl-C or SIGTERM.  Configs, parsing and arithmetic live in ``configs``,
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from typing import Any
 from bench import configs
 from bench import mtls as mtls_bench
 from bench.chain import Part, probe_chain
-from bench.procs import ProcessError, ProcessGroup, tree_rss_kib
+from bench.procs import ProcessError, ProcessGroup, tree_cpu_seconds, tree_rss_kib
 from bench.report import Sample, check_bars, format_bars, format_table, summarize
 from bench.targets import (
     Run,
@@ -106,7 +107,7 @@ def _starters(
             first, second, files = start_two_hops(run, name, mtls)
             if mtls:  # where the handshake rate is measured after the rounds
                 handshake.update(port=second.port, files=files)
-            return first
+            return dataclasses.replace(first, also=(second.pid,))
 
         return start
 
@@ -188,14 +189,16 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
     samples: list[Sample] = []
     for rnd in range(1, args.rounds + 1):
         for target in targets:
+            cpu = tree_cpu_seconds(target.pids)
             outcome = _load(target, args, args.duration)
+            cpu = tree_cpu_seconds(target.pids) - cpu
             rss = tree_rss_kib(target.pid)
             if isinstance(outcome, str):
                 samples.append(Sample(target.name, rnd, None, rss, outcome))
                 line = f"wrk failed: {outcome}"
             else:
-                samples.append(Sample(target.name, rnd, outcome, rss))
-                line = f"{outcome.requests_per_s:,.0f} req/s"
+                samples.append(Sample(target.name, rnd, outcome, rss, cpu_s=cpu))
+                line = f"{outcome.requests_per_s:,.0f} req/s, {cpu:.2f} CPU-s"
                 if outcome.has_errors:
                     line += f" ({outcome.non_2xx} non-2xx, {outcome.socket_errors} socket errors)"
             print(f"  round {rnd}/{args.rounds} {target.name}: {line}", file=sys.stderr)

@@ -4,11 +4,19 @@ Pure: measurements in, numbers and text out.  The ratio of a target is taken
 per round (against HAProxy's run in that same round) and then the median of
 those ratios is reported, because an absolute figure drifts by 30% between
 runs on a shared machine while a side-by-side ratio does not (BENCHMARKS.md).
+
+Each run also records the CPU time the target's processes used, so a target
+has a second figure: requests per CPU-second, the throughput it would reach
+on a core of its own (every target here is one process, saturated by wrk).
+It tells a target that was slow from one that was starved of CPU.  The
+goals are judged on requests/s, as BENCHMARKS.md states them; the
+per-CPU-second ratio is printed next to each.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.wrk import WrkResult
@@ -25,6 +33,14 @@ class Sample:
     result: WrkResult | None
     rss_kib: int = 0
     error: str = ""
+    cpu_s: float = 0.0  # CPU time of the target's processes during the run
+
+    @property
+    def per_cpu_s(self) -> float | None:
+        """Requests served per CPU-second of the target (None: not measured)."""
+        if self.result is None or self.cpu_s <= 0.0:
+            return None
+        return self.result.requests / self.cpu_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,19 +53,34 @@ class Row:
     ratio: float | None  # median over rounds of rps / HAProxy's rps in the same round
     rss_kib: int  # after the target's last run
     flagged: list[str] = field(default_factory=list)
+    per_cpu_s: float | None = None  # median requests per CPU-second
 
 
 def median_or_none(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _wall(sample: Sample) -> float | None:
+    return sample.result.requests_per_s if sample.result is not None else None
+
+
+def _per_cpu(sample: Sample) -> float | None:
+    return sample.per_cpu_s
+
+
 def ratios_to_reference(
-    samples: list[Sample], target: str, reference: str = REFERENCE
+    samples: list[Sample],
+    target: str,
+    reference: str = REFERENCE,
+    figure: Callable[[Sample], float | None] = _wall,
 ) -> list[float]:
-    """rps(target) / rps(reference) for every round in which both have a result."""
-    by_round: dict[tuple[str, int], float] = {
-        (s.target, s.round): s.result.requests_per_s for s in samples if s.result is not None
-    }
+    """figure(target) / figure(reference) for every round in which both have
+    one; the figure is requests/s unless another is given."""
+    by_round: dict[tuple[str, int], float] = {}
+    for s in samples:
+        value = figure(s)
+        if value is not None:
+            by_round[(s.target, s.round)] = value
     rounds = sorted({s.round for s in samples if s.target == target})
     return [
         by_round[(target, r)] / by_round[(reference, r)]
@@ -80,6 +111,7 @@ def summarize(samples: list[Sample], targets: list[str], reference: str = REFERE
                 ratio=median_or_none(ratios_to_reference(samples, target, reference)),
                 rss_kib=last.rss_kib if last is not None else 0,
                 flagged=flagged,
+                per_cpu_s=median_or_none([v for v in (s.per_cpu_s for s in mine) if v is not None]),
             )
         )
     return rows
@@ -90,11 +122,12 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def format_table(rows: list[Row]) -> str:
-    header = ("target", "req/s", "p50 ms", "p99 ms", "x HAProxy", "RSS MiB", "errors")
+    header = ("target", "req/s", "req/CPU-s", "p50 ms", "p99 ms", "x HAProxy", "RSS MiB", "errors")
     lines = [
         (
             row.target,
             _fmt(row.rps, ",.0f"),
+            _fmt(row.per_cpu_s, ",.0f"),
             _fmt(row.p50_ms, ".2f"),
             _fmt(row.p99_ms, ".2f"),
             _fmt(row.ratio, ".2f"),
@@ -142,8 +175,10 @@ BARS = (
 @dataclass(frozen=True, slots=True)
 class BarResult:
     bar: Bar
-    ratio: float | None  # None: a side was not measured in any common round
+    ratio: float | None  # wall clock; None: a side was not measured in any common round
     rounds: list[float]
+    cpu_ratio: float | None = None  # per CPU-second; None: CPU time not measured
+    cpu_rounds: list[float] = field(default_factory=list)
 
     @property
     def met(self) -> bool | None:
@@ -157,7 +192,8 @@ def check_bars(samples: list[Sample], bars: tuple[Bar, ...] = BARS) -> list[BarR
     for bar in bars:
         if bar.target in measured and bar.baseline in measured:
             rounds = ratios_to_reference(samples, bar.target, bar.baseline)
-            out.append(BarResult(bar, median_or_none(rounds), rounds))
+            cpu = ratios_to_reference(samples, bar.target, bar.baseline, _per_cpu)
+            out.append(BarResult(bar, median_or_none(rounds), rounds, median_or_none(cpu), cpu))
     return out
 
 
@@ -165,12 +201,17 @@ def format_bars(results: list[BarResult]) -> str:
     """One line per bar: the median ratio, the goal, met or not, each round's ratio."""
     if not results:
         return ""
-    lines = ["goals (target / baseline in the same round, median over rounds):"]
+    lines = [
+        "goals (target / baseline req/s in the same round, median over rounds;"
+        " per CPU-second beside it):"
+    ]
     for r in results:
         verdict = {None: "not measured", True: "met", False: "NOT met"}[r.met]
         each = " ".join(f"{x:.2f}" for x in r.rounds)
+        cpu_each = " ".join(f"{x:.2f}" for x in r.cpu_rounds)
         lines.append(
             f"  {r.bar.target} / {r.bar.baseline} = {_fmt(r.ratio, '.2f')}"
-            f" (goal >= {r.bar.at_least:.2f}: {r.bar.what}) {verdict}; rounds: {each}"
+            f" (goal >= {r.bar.at_least:.2f}: {r.bar.what}) {verdict}; rounds: {each};"
+            f" per CPU-s {_fmt(r.cpu_ratio, '.2f')}, rounds: {cpu_each or '-'}"
         )
     return "\n".join(lines)

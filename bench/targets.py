@@ -36,6 +36,11 @@ class Target:
     port: int
     pid: int
     note: str = ""
+    also: tuple[int, ...] = ()  # other processes serving it (a second hop)
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.pid, *self.also)
 
     @property
     def url(self) -> str:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from bench.procs import ProcessError, ProcessGroup, rss_kib, tree_rss_kib, wait_log
+from bench.procs import (
+    ProcessError,
+    ProcessGroup,
+    cpu_seconds,
+    rss_kib,
+    tree_cpu_seconds,
+    tree_rss_kib,
+    wait_log,
+)
 
 SLEEPER = "import subprocess, sys, time; print('up', flush=True); "
 
@@ -62,3 +70,30 @@ def test_a_child_that_exits_early_is_reported_with_its_last_line(tmp_path: Path)
 
 def test_a_gone_process_has_no_rss() -> None:
     assert rss_kib(2**22 + 1) == 0  # above the kernel's pid_max ceiling
+
+
+def test_cpu_time_of_a_tree_counts_a_busy_grandchild(tmp_path: Path) -> None:
+    group = ProcessGroup()
+    busy = (
+        "import time\n"
+        "end = time.process_time() + 0.3\n"
+        "while time.process_time() < end: pass\n"
+        "time.sleep(30)"
+    )
+    code = (
+        SLEEPER + f"c = subprocess.Popen([sys.executable, '-c', {busy!r}]); "
+        "print('child', c.pid, flush=True); time.sleep(30)"
+    )
+    log = tmp_path / "cpu.log"
+    try:
+        parent = group.start([sys.executable, "-c", code], log)
+        (found,) = wait_log(log, re.compile(r"child (\d+)"), parent)
+        child = int(found.group(1))
+        deadline = time.monotonic() + 10
+        while cpu_seconds(child) < 0.3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cpu_seconds(child) >= 0.3
+        assert tree_cpu_seconds((parent.pid,)) >= cpu_seconds(parent.pid) + 0.3
+    finally:
+        group.stop_all()
+    assert cpu_seconds(2**31 - 1) == 0.0  # no such process
