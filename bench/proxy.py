@@ -28,7 +28,7 @@ from typing import Any
 from bench import configs
 from bench import mtls as mtls_bench
 from bench.chain import Part, probe_chain
-from bench.procs import ProcessError, ProcessGroup, tree_cpu_seconds, tree_rss_kib
+from bench.procs import ProcessError, ProcessGroup, pinned, tree_cpu_seconds, tree_rss_kib
 from bench.report import Sample, check_bars, format_bars, format_table, summarize
 from bench.targets import (
     Run,
@@ -71,6 +71,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--only", default="", help=f"comma-separated targets, from: {','.join(TARGETS)}"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the scheduler place wrk, the origin and the target (default: pinned apart)",
+    )
     parser.add_argument(
         "--origin",
         choices=["nginx", "uvloop"],
@@ -144,7 +150,9 @@ def _starters(
     }
 
 
-def _load(target: Target, args: argparse.Namespace, seconds: int) -> WrkResult | str:
+def _load(
+    target: Target, args: argparse.Namespace, seconds: int, driver: set[int] | None = None
+) -> WrkResult | str:
     cmd = wrk_command(
         target.url,
         connections=args.connections,
@@ -152,7 +160,7 @@ def _load(target: Target, args: argparse.Namespace, seconds: int) -> WrkResult |
         headers={"Host": configs.SERVICE},
     )
     try:
-        return run_wrk(cmd, seconds)
+        return run_wrk(cmd, seconds, pinned(driver))
     except WrkError as exc:
         return str(exc).splitlines()[0]
 
@@ -185,12 +193,12 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
 
     if args.warmup:
         for target in targets:
-            _load(target, args, args.warmup)
+            _load(target, args, args.warmup, group.cpus("driver"))
     samples: list[Sample] = []
     for rnd in range(1, args.rounds + 1):
         for target in targets:
             cpu = tree_cpu_seconds(target.pids)
-            outcome = _load(target, args, args.duration)
+            outcome = _load(target, args, args.duration, group.cpus("driver"))
             cpu = tree_cpu_seconds(target.pids) - cpu
             rss = tree_rss_kib(target.pid)
             if isinstance(outcome, str):
@@ -237,6 +245,11 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
             "threads": 1,
             "origin": args.origin,
             "fastpath": _fastpath(),
+            "cpus": (
+                {role: sorted(cpus) for role, cpus in group.placement.items()}
+                if group.placement is not None
+                else None
+            ),
         },
         "targets": {t.name: {"url": t.url, "note": t.note} for t in targets},
         "unavailable": unavailable,
@@ -298,10 +311,15 @@ def main(argv: list[str] | None = None) -> int:
     # Both as Ctrl-C, also when a shell started the harness with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    group = ProcessGroup()
+    group = ProcessGroup(pin=args.pin)
+    where = "not pinned"
+    if group.placement is not None:
+        where = "wrk and origin on CPU {}, target on CPU {}".format(
+            *(",".join(map(str, sorted(group.placement[r]))) for r in ("driver", "target"))
+        )
     print(
         f"bench: {args.rounds} round(s) x {args.duration}s, wrk -t1 -c{args.connections}, "
-        f"origin {args.origin}, {os.cpu_count()} cpus",
+        f"origin {args.origin}, {os.cpu_count()} cpus, {where}",
         file=sys.stderr,
     )
     try:

@@ -63,12 +63,16 @@ def start_origin(group: ProcessGroup, workdir: Path, kind: str) -> tuple[Target,
     if kind == "nginx":
         ports = (free_port(), free_port(), free_port())
         prefix = workdir / "nginx-origin"
-        proc = _start_nginx(group, prefix, configs.nginx_origin_conf(str(prefix), ports))
+        proc = _start_nginx(
+            group, prefix, configs.nginx_origin_conf(str(prefix), ports), role="driver"
+        )
         for port in ports:
             wait_port(port, proc)
         return Target("origin", ports[0], proc.pid, "nginx"), ports
     log = workdir / "origin.log"
-    proc = group.start([sys.executable, "-m", "bench.origin", "--ports", "3"], log, _pythonpath())
+    proc = group.start(
+        [sys.executable, "-m", "bench.origin", "--ports", "3"], log, _pythonpath(), role="driver"
+    )
     wait_log(log, re.compile(r"listening port=(\d+) subset=v3"), proc)
     found = dict(re.findall(r"listening port=(\d+) subset=(v\d)", log.read_text()))
     by_subset = {subset: int(port) for port, subset in found.items()}
@@ -187,11 +191,11 @@ def get(
         conn.close()
 
 
-def _start_nginx(group: ProcessGroup, prefix: Path, conf: str) -> Any:
+def _start_nginx(group: ProcessGroup, prefix: Path, conf: str, role: str = "target") -> Any:
     prefix.mkdir(parents=True, exist_ok=True)
     (prefix / "nginx.conf").write_text(conf)
     argv = [NGINX, "-p", str(prefix), "-e", "stderr", "-c", str(prefix / "nginx.conf")]
-    return group.start([*argv, "-g", "daemon off;"], prefix / "stderr.log")
+    return group.start([*argv, "-g", "daemon off;"], prefix / "stderr.log", role=role)
 
 
 def _pythonpath() -> dict[str, str]:

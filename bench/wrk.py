@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 # wrk prints times with the unit that keeps the number short (stats.c format_time).
@@ -91,10 +92,18 @@ def wrk_command(
     return [*cmd, url]
 
 
-def run_wrk(cmd: list[str], duration_s: float) -> WrkResult:
+def run_wrk(
+    cmd: list[str], duration_s: float, preexec: Callable[[], None] | None = None
+) -> WrkResult:
+    """Run wrk (``preexec``: e.g. pinning it to the driver's CPU) and parse its report."""
     try:
         done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=duration_s + 30, check=False
+            cmd,
+            capture_output=True,
+            text=True,
+            timeout=duration_s + 30,
+            check=False,
+            preexec_fn=preexec,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise WrkError(f"{cmd[0]} failed: {exc}") from None
