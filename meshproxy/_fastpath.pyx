@@ -35,6 +35,7 @@ __all__ = [
     "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
+    "ratio_bound",
     "split_bucket",
 ]
 

@@ -90,7 +90,7 @@ from meshproxy._fastpath_fields_py import (
     keep_alive_timeout,
 )
 from meshproxy._fastpath_split_py import SplitRoutes, split_bucket
-from meshproxy._fastpath_trace_py import TraceIds
+from meshproxy._fastpath_trace_py import TraceIds, ratio_bound
 
 __all__ = [
     "BODY_CHUNKED",
@@ -115,6 +115,7 @@ __all__ = [
     "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
+    "ratio_bound",
     "split_bucket",
 ]
 

@@ -46,11 +46,21 @@ cdef class TraceIds:
             if not _all_zero(src, 16) and not _all_zero(src + 16, 8):
                 return src
 
-    def traceparent(self, bint sampled):
+    def traceparent(self, bound):
+        cdef Py_ssize_t i
         cdef const unsigned char* src = self._next()
+        cdef uint64_t low = 0
+        cdef bint sampled
+        for i in range(8, 16):
+            low = (low << 8) | src[i]
+        if bound >= 18446744073709551616:
+            sampled = True
+        elif bound <= 0:
+            sampled = False
+        else:
+            sampled = low < <uint64_t>bound
         cdef bytes value = PyBytes_FromStringAndSize(NULL, 55)
         cdef char* out = PyBytes_AS_STRING(value)
-        cdef Py_ssize_t i
         out[0] = 48
         out[1] = 48
         out[2] = 45
@@ -65,3 +75,10 @@ cdef class TraceIds:
         out[53] = 48
         out[54] = 49 if sampled else 48
         return value
+
+
+def ratio_bound(double ratio):
+    """Twin of ``_fastpath_trace_py.ratio_bound``."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"sampling ratio {ratio} is not in [0, 1]")
+    return round(ratio * (1 << 64))

@@ -1,11 +1,14 @@
 """New W3C ``traceparent`` values, in pure Python (twin of ``_fastpath_trace.pxi``).
 
 ``TraceIds(entropy)``: ``entropy(n)`` returns ``n`` random bytes (``os.urandom``
-in the sidecar; tests pass their own).  ``traceparent(sampled)`` returns
+in the sidecar; tests pass their own).  ``traceparent(bound)`` returns
 ``b"00-" + 32 hex digits (trace id) + b"-" + 16 (span id) + b"-01"`` (or
 ``-00`` when not sampled), lower-case, the ids taken from the next 24 bytes of
 a pool of ``POOL`` entropy bytes read at once; ids that are all zero (invalid
-in W3C Trace Context) are skipped.  ``reset()`` empties the pool: call it in
+in W3C Trace Context) are skipped.  The trace is sampled when the low 64 bits
+of its id are below ``bound`` (``ratio_bound(ratio)``), the rule of
+OpenTelemetry's ``TraceIdRatioBased`` sampler, so any tier that samples by
+the same ratio from the id agrees.  ``reset()`` empties the pool: call it in
 a forked child so that two processes never hand out the same ids.  No clock,
 no I/O beyond ``entropy``.
 """
@@ -45,6 +48,16 @@ class TraceIds:
             if ids[:16] != _ZERO_TRACE and ids[16:] != _ZERO_SPAN:
                 return ids
 
-    def traceparent(self, sampled: bool) -> bytes:
-        text = self._next().hex()
+    def traceparent(self, bound: int) -> bytes:
+        ids = self._next()
+        sampled = int.from_bytes(ids[8:16], "big") < bound
+        text = ids.hex()
         return f"00-{text[:32]}-{text[32:]}-0{1 if sampled else 0}".encode()
+
+
+def ratio_bound(ratio: float) -> int:
+    """The ``bound`` of ``TraceIds.traceparent`` that samples ``ratio`` of new
+    traces (as OpenTelemetry's ``TraceIdRatioBased``: ``round(ratio * 2**64)``)."""
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"sampling ratio {ratio} is not in [0, 1]")
+    return round(ratio * (1 << 64))

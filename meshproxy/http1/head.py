@@ -54,6 +54,9 @@ _REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 # set too, so that setting them rarely needs a set of its own.
 _TRACE_NAMES = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
 _RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL, *_TRACE_NAMES))
+_TRACE_NAME_SET = frozenset(_TRACE_NAMES)  # lower-case already, lengths in the set above
+_XFP_RID = b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: "
+_END = b"\r\n\r\n"
 _hop_by_hop_fields = fp.hop_by_hop_fields
 _KEEP_ALIVE_ONLY = [(b"connection", b"keep-alive")]
 _NOTHING: frozenset[bytes] = frozenset()
@@ -138,10 +141,12 @@ def build_request_head(
         replaced: frozenset[bytes] | set[bytes] = _NOTHING
         if extra:
             if len(extra) == 1:  # a traceparent: the usual case, spared the loops
-                one = extra[0][0].lower()
+                one = extra[0][0]
+                if one not in _TRACE_NAME_SET:
+                    one = one.lower()
+                    if len(one) not in check:
+                        check = check | {len(one)}
                 replaced = {one}
-                if len(one) not in check:
-                    check = check | {len(one)}
             else:
                 replaced = {name.lower() for name, _ in extra}
                 if not check.issuperset(map(len, replaced)):
@@ -160,19 +165,16 @@ def build_request_head(
                 return build_request_head(
                     head, path, client_ip, authority, None, request_id, None, extra
                 )
-            ours = (
-                raw[:-2],
-                b"X-Forwarded-For: ",
-                client_ip,
-                b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: ",
-                request_id or new_request_id(),
-            )
+            rid = request_id or new_request_id()
             if not extra:
-                return b"".join((*ours, b"\r\n\r\n"))
+                return b"".join((raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, _END))
             if len(extra) == 1:
-                ((name, value),) = extra
-                return b"".join((*ours, b"\r\n", name, b": ", value, b"\r\n\r\n"))
-            out = [*ours, b"\r\n"]
+                name, value = extra[0]
+                return b"".join(
+                    (raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, b"\r\n",
+                     name, b": ", value, _END)
+                )  # fmt: skip
+            out = [raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, b"\r\n"]
             for name, value in extra:
                 out += (name, b": ", value, b"\r\n")
             out.append(b"\r\n")

@@ -127,7 +127,8 @@ class MeshObserver:
         _ID_POOLS.add(self._ids)
         self._writers: dict[tuple[str, ...], Writer] = {}
         self._sampler = tracer.sampler if tracer is not None else RatioSampler(0.0)
-        self._ratio, self._rand = self._sampler.ratio, self._sampler.rand  # inlined per request
+        # New W3C traces are sampled from their id (OpenTelemetry's TraceIdRatioBased).
+        self._bound = fp.ratio_bound(self._sampler.ratio)
         self._trace_errors = 0
         if tracer is not None:
             self.exchange_started = self._started_traced
@@ -135,7 +136,9 @@ class MeshObserver:
             self.exchange_started = self._started_logged
         else:
             self.exchange_started = _no_fields
-        if tracer is not None or access_log is not None:
+        if tracer is not None and access_log is None and self._count is not None:
+            self.exchange_done = self._done_counted_traced
+        elif tracer is not None or access_log is not None:
             self.exchange_done = self._done
         else:
             self.exchange_done = self._count or _uncounted
@@ -206,10 +209,9 @@ class MeshObserver:
             caller, present = None, ()
         if caller is None and not present and self._new_w3c:
             # A new trace in W3C form, the common case: the fast path makes
-            # the field from pooled entropy.
-            ratio = self._ratio
-            sampled = ratio >= 1.0 or (ratio > 0.0 and self._rand() < ratio)
-            value = self._ids.traceparent(sampled)
+            # the field from pooled entropy and samples by the trace id.
+            value = self._ids.traceparent(self._bound)
+            sampled = value[54] == 49  # b"1": the id fell below the ratio's bound
             if sampled or self._log is not None:  # the ids are read by a span or a log line
                 exchange.trace_id = value[3:35].decode()
                 exchange.span_id = value[36:52].decode()
@@ -250,10 +252,21 @@ class MeshObserver:
         record = self._log
         if record is not None:
             record(exchange)
-        if exchange.trace_sampled and self.tracer is not None:
-            try:
-                self.tracer.record(exchange)
-            except Exception:  # a span must never fail a request
-                self._trace_errors += 1
-                if self._trace_errors == 1:
-                    log.exception("tracing failed; further failures are counted silently")
+        if exchange.trace_sampled:
+            self._span(exchange)
+
+    def _done_counted_traced(self, exchange: Exchange) -> None:
+        """``_done`` for metrics and tracing without an access log (the usual case)."""
+        self._count(exchange)  # type: ignore[misc]  # set: chosen in __init__ for it
+        if exchange.trace_sampled:
+            self._span(exchange)
+
+    def _span(self, exchange: Exchange) -> None:
+        if self.tracer is None:
+            return
+        try:
+            self.tracer.record(exchange)
+        except Exception:  # a span must never fail a request
+            self._trace_errors += 1
+            if self._trace_errors == 1:
+                log.exception("tracing failed; further failures are counted silently")

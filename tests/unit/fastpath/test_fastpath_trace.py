@@ -14,6 +14,7 @@ from meshproxy import _fastpath_trace_py as twin
 from meshproxy.observe.propagation import parse_traceparent
 
 POOL = twin.POOL
+ALWAYS, NEVER = 1 << 64, 0
 TRACEPARENT = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]")
 
 
@@ -24,8 +25,8 @@ def seeded(seed: int) -> Callable[[int], bytes]:
 
 def test_values_are_w3c_traceparents_that_parse_back(fastpath: ModuleType) -> None:
     ids = fastpath.TraceIds(os.urandom)
-    for sampled in (True, False):
-        value = ids.traceparent(sampled)
+    for bound, sampled in ((ALWAYS, True), (NEVER, False)):
+        value = ids.traceparent(bound)
         assert TRACEPARENT.fullmatch(value)
         ctx = parse_traceparent(value)
         assert ctx is not None and ctx.sampled is sampled
@@ -34,7 +35,7 @@ def test_values_are_w3c_traceparents_that_parse_back(fastpath: ModuleType) -> No
 def test_ids_are_the_entropy_in_order_as_lower_case_hex(fastpath: ModuleType) -> None:
     pool = bytes(range(256)) * (POOL // 256) + bytes(range(POOL % 256))
     ids = fastpath.TraceIds(lambda n: pool[:n])
-    first, second = ids.traceparent(False), ids.traceparent(True)
+    first, second = ids.traceparent(NEVER), ids.traceparent(ALWAYS)
     assert first == b"00-" + pool[:16].hex().encode() + b"-" + pool[16:24].hex().encode() + b"-00"
     assert second[3:35] == pool[24:40].hex().encode() and second.endswith(b"-01")
 
@@ -48,11 +49,11 @@ def test_a_pool_serves_its_ids_then_entropy_is_read_again(fastpath: ModuleType) 
         return source(n)
 
     ids = fastpath.TraceIds(entropy)
-    values = [ids.traceparent(False) for _ in range(POOL // 24 + 1)]
+    values = [ids.traceparent(NEVER) for _ in range(POOL // 24 + 1)]
     assert reads == [POOL, POOL]
     assert len(set(values)) == len(values)
     ids.reset()  # a forked child starts from fresh entropy
-    ids.traceparent(False)
+    ids.traceparent(NEVER)
     assert reads == [POOL, POOL, POOL]
 
 
@@ -62,16 +63,41 @@ def test_all_zero_ids_are_skipped(fastpath: ModuleType) -> None:
     good = b"\x03" * 24
     pool = (zero_trace + zero_span + good) * (POOL // 72) + bytes(POOL % 72)
     ids = fastpath.TraceIds(lambda n: pool)
-    assert ids.traceparent(True) == b"00-" + b"03" * 16 + b"-" + b"03" * 8 + b"-01"
+    assert ids.traceparent(ALWAYS) == b"00-" + b"03" * 16 + b"-" + b"03" * 8 + b"-01"
 
 
 def test_the_same_entropy_gives_the_python_twins_values(fastpath: ModuleType) -> None:
     a, b = fastpath.TraceIds(seeded(3)), twin.TraceIds(seeded(3))
-    assert [a.traceparent(i % 2 == 0) for i in range(400)] == [
-        b.traceparent(i % 2 == 0) for i in range(400)
-    ]
+    bound = twin.ratio_bound(0.3)
+    assert [a.traceparent(bound) for _ in range(400)] == [b.traceparent(bound) for _ in range(400)]
 
 
 def test_entropy_of_the_wrong_size_is_refused(fastpath: ModuleType) -> None:
     with pytest.raises(ValueError, match="entropy must return"):
-        fastpath.TraceIds(lambda n: b"short").traceparent(False)
+        fastpath.TraceIds(lambda n: b"short").traceparent(NEVER)
+
+
+def test_a_trace_is_sampled_when_the_low_64_bits_of_its_id_are_below_the_bound(
+    fastpath: ModuleType,
+) -> None:
+    low = (1 << 63).to_bytes(8, "big")  # the low half of the trace id: exactly 2**63
+    pool = (b"\x01" * 8 + low + b"\x02" * 8) * (POOL // 24)
+    ids = fastpath.TraceIds(lambda n: pool)
+    assert ids.traceparent(fastpath.ratio_bound(0.5)).endswith(b"-00")  # 2**63 is not below
+    assert ids.traceparent((1 << 63) + 1).endswith(b"-01")
+    assert ids.traceparent(fastpath.ratio_bound(1.0)).endswith(b"-01")
+
+
+def test_sampling_by_the_id_follows_the_ratio(fastpath: ModuleType) -> None:
+    ids = fastpath.TraceIds(seeded(11))
+    bound = fastpath.ratio_bound(0.1)
+    sampled = sum(ids.traceparent(bound).endswith(b"-01") for _ in range(20_000))
+    assert 1_800 <= sampled <= 2_200  # 10% of 20,000, sd 42
+
+
+def test_ratio_bound_is_opentelemetrys(fastpath: ModuleType) -> None:
+    assert fastpath.ratio_bound(0.0) == 0
+    assert fastpath.ratio_bound(0.01) == round(0.01 * 2**64)
+    assert fastpath.ratio_bound(1.0) == 2**64
+    with pytest.raises(ValueError, match="not in"):
+        fastpath.ratio_bound(1.5)
