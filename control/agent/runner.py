@@ -262,7 +262,7 @@ class InstanceRunner:
                 if app.done():
                     return f"the app exited with {self.app.returncode}"
                 if sidecar.done():
-                    code, tail = self.sidecar.process.returncode, " | ".join(self.sidecar.tail)
+                    code, tail = self.sidecar.process.returncode, " | ".join(self.sidecar.log_tail)
                     return f"the sidecar exited with {code}: {tail[-300:]}"
                 await self._heartbeat()
         finally:

@@ -111,7 +111,7 @@ async def run_static(
 ) -> int:
     config = tmp / "demo.yaml"
     config.write_text(yaml.safe_dump(demo_bootstrap(v1, v2, outbound, admin)))
-    sidecar = await start_sidecar(config)
+    sidecar = await start_sidecar(config, ("outbound",))
     try:
         await wait_ready(sidecar.admin_port, sidecar)
         print(
