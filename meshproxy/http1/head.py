@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING
 
 from meshproxy import fastpath as fp
+from meshproxy.observe.propagation import TRACE_NAME_LENGTHS, TRACE_NAMES
 
 if TYPE_CHECKING:
     from meshproxy.resolve import Route
@@ -52,9 +53,7 @@ _REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
 # the names sought is skipped without lower-casing it (a copy, then a hash).
 # The lengths of the trace context names (the usual extra fields) are in the
 # set too, so that setting them rarely needs a set of its own.
-_TRACE_NAMES = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled")
-_RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL, *_TRACE_NAMES))
-_TRACE_NAME_SET = frozenset(_TRACE_NAMES)  # lower-case already, lengths in the set above
+_RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL)) | TRACE_NAME_LENGTHS
 _XFP_RID = b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: "
 _END = b"\r\n\r\n"
 _hop_by_hop_fields = fp.hop_by_hop_fields
@@ -142,7 +141,7 @@ def build_request_head(
         if extra:
             if len(extra) == 1:  # a traceparent: the usual case, spared the loops
                 one = extra[0][0]
-                if one not in _TRACE_NAME_SET:
+                if one not in TRACE_NAMES:  # lower-case already, lengths in the check
                     one = one.lower()
                     if len(one) not in check:
                         check = check | {len(one)}

@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -58,13 +57,10 @@ __all__ = ["MeshObserver", "static_version"]
 
 log = logging.getLogger("meshproxy")
 
-_getrandbits = random.getrandbits
 _header_value = fp.header_value
-_TRACE_NAME_LENGTHS = TRACE_NAME_LENGTHS
 
 Fields = list[tuple[bytes, bytes]]
 _NO_FIELDS: Fields = []  # shared: the data path only reads it
-_ZERO_SPAN = b"0" * 16
 # Every id pool of this process, emptied in a forked child (``--workers``):
 # two workers must never hand out the same ids.
 _ID_POOLS: weakref.WeakSet[fp.TraceIds] = weakref.WeakSet()
@@ -76,7 +72,6 @@ def _reset_id_pools() -> None:
 
 
 os.register_at_fork(after_in_child=_reset_id_pools)
-_ZERO_TRACE = b"0" * 32
 
 
 def _no_fields(exchange: Exchange, headers: Fields) -> Fields:
@@ -202,15 +197,16 @@ class MeshObserver:
 
     def _started_traced(self, exchange: Exchange, headers: Fields) -> Fields:
         for name, _ in headers:
-            if len(name) in _TRACE_NAME_LENGTHS:
+            if len(name) in TRACE_NAME_LENGTHS:
                 caller, present = read(headers, self._formats)
                 break
         else:  # no field could carry a trace context: spare the reading
             caller, present = None, ()
+        # Fresh ids from the fast path's pool (never all zero), the trace
+        # sampled by its id (OpenTelemetry's TraceIdRatioBased).
+        value = self._ids.traceparent(self._bound)
         if caller is None and not present and self._new_w3c:
-            # A new trace in W3C form, the common case: the fast path makes
-            # the field from pooled entropy and samples by the trace id.
-            value = self._ids.traceparent(self._bound)
+            # A new trace in W3C form, the common case: that value is the field.
             sampled = value[54] == 49  # b"1": the id fell below the ratio's bound
             if sampled or self._log is not None:  # the ids are read by a span or a log line
                 exchange.trace_id = value[3:35].decode()
@@ -218,22 +214,17 @@ class MeshObserver:
                 exchange.trace_sampled = sampled
                 exchange.user_agent = _header_value(headers, b"user-agent") or b""
             return [(b"traceparent", value)]
+        sid = value[36:52]
         if caller is None:
-            # One draw for both ids: 128 bits of trace, 64 of span.
-            ids = b"%048x" % _getrandbits(192)
-            tid, sid = ids[:32], ids[32:]
-            parent = b""
+            tid, parent = value[3:35], b""
             exchange.trace_id = tid.decode()
-            sampled = self._sampler.decide(None)
+            sampled = value[54] == 49
         else:
-            sid = b"%016x" % _getrandbits(64)
             tid = caller.trace_id.encode()
             parent = caller.span_id.encode()
             exchange.trace_id = caller.trace_id
             exchange.parent_span_id = caller.span_id
             sampled = self._sampler.decide(caller.sampled)
-        if sid == _ZERO_SPAN or tid == _ZERO_TRACE:
-            return self._started_traced(exchange, headers)  # all-zero ids are invalid
         exchange.span_id = sid.decode()
         exchange.trace_sampled = sampled
         if sampled or self._log is not None:

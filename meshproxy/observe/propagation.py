@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 __all__ = [
+    "TRACE_NAMES",
     "TRACE_NAME_LENGTHS",
     "TraceContext",
     "Writer",
@@ -38,7 +39,7 @@ B3_MULTI = "b3multi"
 _HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
-_NAMES = frozenset(
+TRACE_NAMES = frozenset(
     {
         b"traceparent",
         b"b3",
@@ -48,7 +49,7 @@ _NAMES = frozenset(
         b"x-b3-flags",
     }
 )
-_NAME_LENGTHS = TRACE_NAME_LENGTHS = frozenset(len(n) for n in _NAMES)
+TRACE_NAME_LENGTHS = frozenset(len(n) for n in TRACE_NAMES)
 
 
 class TraceContext:
@@ -180,9 +181,9 @@ def read(
     replace on the way out."""
     found: dict[bytes, bytes] | None = None
     for name, value in headers:
-        if len(name) in _NAME_LENGTHS:
+        if len(name) in TRACE_NAME_LENGTHS:
             lower = name.lower()
-            if lower in _NAMES:
+            if lower in TRACE_NAMES:
                 if found is None:
                     found = {}
                 found.setdefault(lower, value)
