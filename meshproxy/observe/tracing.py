@@ -43,19 +43,21 @@ _ERROR = Status(StatusCode.ERROR)
 
 
 class RatioSampler:
-    """Decides for new traces: sampled with probability ``ratio``."""
+    """Decides for a caller's trace that left the decision to us: sampled with
+    probability ``ratio``.  (A trace the sidecar starts is sampled by its id,
+    in the fast path: ``TraceIds``.)"""
 
-    __slots__ = ("rand", "ratio")
+    __slots__ = ("_random", "ratio")
 
     def __init__(self, ratio: float, rand: Callable[[], float] = random.random) -> None:
         self.ratio = ratio
-        self.rand = rand
+        self._random = rand
 
     def decide(self, upstream_decision: bool | None) -> bool:
         if upstream_decision is not None:
             return upstream_decision  # the caller's sampled flag is honoured
         ratio = self.ratio
-        return ratio >= 1.0 or (ratio > 0.0 and self.rand() < ratio)
+        return ratio >= 1.0 or (ratio > 0.0 and self._random() < ratio)
 
 
 def build_exporter(config: TracingConfig) -> SpanExporter:
