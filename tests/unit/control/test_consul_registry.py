@@ -92,14 +92,6 @@ def test_the_catalog_registry_merges_catalog_and_api_instances() -> None:
     assert registry.drop_service("ratings") and registry.services() == set()
 
 
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    d = ConsulDouble()
-    await d.start()
-    yield d
-    await d.stop()
-
-
 async def _agent(double: ConsulDouble, path: str, body: object = None) -> None:
     data = json.dumps(body) if body is not None else b""
     async with aiohttp.ClientSession() as s, s.put(double.url + path, data=data) as r:

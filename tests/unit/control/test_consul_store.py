@@ -36,14 +36,6 @@ def _put(subset: str) -> Change:
 
 
 @pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    d = ConsulDouble()
-    await d.start()
-    yield d
-    await d.stop()
-
-
-@pytest.fixture
 async def store(double: ConsulDouble) -> AsyncIterator[ConsulStore]:
     s = ConsulStore(ConsulAddress.parse(double.url), prefix="test")
     yield s

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +86,6 @@ def test_sqlite_keeps_rollouts_and_refuses_a_bad_one_by_name(tmp_path: Path) -> 
             store.load()
     finally:
         store.close()
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    d = ConsulDouble()
-    await d.start()
-    yield d
-    await d.stop()
 
 
 async def test_consul_keeps_rollouts_and_refuses_a_bad_one_by_name(double: ConsulDouble) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -123,14 +122,6 @@ def test_sqlite_refuses_a_bad_instance_naming_it(tmp_path: Path) -> None:
 
 
 # -- Consul --------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def double() -> AsyncIterator[ConsulDouble]:
-    d = ConsulDouble()
-    await d.start()
-    yield d
-    await d.stop()
 
 
 def _store(double: ConsulDouble) -> ConsulStore:
