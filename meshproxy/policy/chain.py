@@ -255,9 +255,10 @@ class FilterChain:
 
     # -- request phase -------------------------------------------------------
 
-    def on_request(self, ctx: RequestContext) -> LocalReply | Pending | None:
-        """Run the request phase synchronously as far as it goes (see module doc)."""
-        for i, hook in self._request:
+    def on_request(self, ctx: RequestContext, _from: int = 0) -> LocalReply | Pending | None:
+        """Run the request phase synchronously as far as it goes (see module doc);
+        ``_from``: the index in the request hooks to start at (a resumption)."""
+        for i, hook in self._request[_from:] if _from else self._request:
             try:
                 result = hook(ctx)
             except Exception as exc:
@@ -271,15 +272,27 @@ class FilterChain:
         return None
 
     def _after(self, i: int, result: object, ctx: RequestContext) -> LocalReply | Pending | None:
-        if result is STOP:
-            self._ran(ctx, i + 1)
+        """The sync loop's rare answers: STOP, an awaitable, or a bad one."""
+        k = next(k for k, (j, _) in enumerate(self._request) if j == i)
+        checked = self._checked(i, result)
+        if checked is None:  # a bad answer from a fail-open filter: the next one runs
+            return self.on_request(ctx, k + 1)
+        if checked is STOP:
+            ctx.ran = i + 1
             return None
-        if isinstance(result, LocalReply):
-            self._ran(ctx, i)
+        if isinstance(checked, LocalReply):
+            ctx.ran = i
+            return checked
+        awaitable: Awaitable[Any] = checked
+        return Pending(self._resume_request(k, awaitable, ctx), awaitable)
+
+    def _checked(self, i: int, result: object) -> Any:
+        """``result`` if a hook may answer it (None, STOP, a LocalReply, an
+        awaitable), else what the filter's failure answers."""
+        if result is None or result is STOP or isinstance(result, LocalReply):
             return result
         if inspect.isawaitable(result):
-            k = next(k for k, (j, _) in enumerate(self._request) if j == i)
-            return Pending(self._resume_request(k, result, ctx), result)
+            return result
         return self._failed(i, TypeError(f"hook returned {type(result).__name__}"))
 
     async def _resume_request(
@@ -289,7 +302,7 @@ class FilterChain:
         while True:
             i = hooks[k][0]
             try:
-                result = await awaitable
+                result = self._checked(i, await awaitable)
             except Exception as exc:
                 result = self._failed(i, exc)
             # An async hook answers like a sync one; what follows runs inline.
@@ -300,20 +313,18 @@ class FilterChain:
                         return None
                     i = hooks[k][0]
                     try:
-                        result = hooks[k][1](ctx)
+                        result = self._checked(i, hooks[k][1](ctx))
                     except Exception as exc:
                         result = self._failed(i, exc)
                     continue
                 if result is STOP:
-                    self._ran(ctx, i + 1)
+                    ctx.ran = i + 1
                     return None
                 if isinstance(result, LocalReply):
-                    self._ran(ctx, i)
+                    ctx.ran = i
                     return result
-                if inspect.isawaitable(result):
-                    awaitable = result
-                    break
-                result = self._failed(i, TypeError(f"hook returned {type(result).__name__}"))
+                awaitable = result
+                break
 
     def _failed(self, i: int, exc: BaseException) -> LocalReply | None:
         entry = self._entries[i]
@@ -322,10 +333,6 @@ class FilterChain:
         if n & (n - 1) == 0 or str(n).rstrip("0") == "1":
             log.error("filter failed filter=%s count=%d", entry.name, n, exc_info=exc)
         return None if entry.fail_open else FILTER_ERROR
-
-    @staticmethod
-    def _ran(ctx: RequestContext, n: int) -> None:
-        ctx.ran = n
 
     # -- response phase ------------------------------------------------------
 

@@ -132,8 +132,24 @@ def test_a_hook_returning_nonsense_is_a_filter_error() -> None:
         def on_request(self, c: RequestContext) -> int:
             return 42
 
-    reply = chain(Nonsense()).on_request(ctx())
+    c = ctx()
+    reply = chain(Nonsense()).on_request(c)
     assert isinstance(reply, LocalReply) and reply.status == 500
+    assert c.ran == 0  # the nonsense filter answered: only it sees the response
+
+
+def test_a_fail_open_filter_returning_nonsense_passes_the_request_to_the_next() -> None:
+    class Nonsense:
+        def on_request(self, c: RequestContext) -> int:
+            return 42
+
+    log: list[str] = []
+    c = FilterChain(
+        [ChainEntry("odd", Nonsense(), fail_open=True), ChainEntry("b", Recorder("b", log))]
+    )
+    assert c.on_request(ctx()) is None
+    assert log == ["req:b"]
+    assert c.counters.get("filter_errors", "odd") == 1
 
 
 async def test_async_hook_returns_pending_and_the_rest_runs_in_one_await() -> None:
