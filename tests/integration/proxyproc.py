@@ -104,6 +104,25 @@ def basic_config(
     return config
 
 
+def inbound_config(app_port: int, **snapshot: Any) -> dict[str, Any]:
+    """The sidecar of ``ratings``: one inbound listener (``inbound``, port 0) in
+    front of the app on ``app_port``, with ``snapshot`` as its snapshot."""
+    return {
+        "node": {"id": "ratings-1", "service": "ratings"},
+        "admin": {"address": "127.0.0.1", "port": 0},
+        "listeners": [
+            {
+                "name": "inbound",
+                "direction": "inbound",
+                "address": "127.0.0.1",
+                "port": 0,
+                "local_app": f"127.0.0.1:{app_port}",
+            }
+        ],
+        "snapshot": snapshot,
+    }
+
+
 async def start_proxy(
     tmp_path: Path,
     config: dict[str, Any],

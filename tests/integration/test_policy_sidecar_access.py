@@ -5,33 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.integration.client import Conn, Response
 from tests.integration.conftest import StartProxy
 from tests.integration.origin import Origin
+from tests.integration.proxyproc import inbound_config
 from tests.unit.policy.jwt_keys import ISSUER, SigningKey, claims, jwks
 
 pytestmark = pytest.mark.integration
-
-
-def inbound_config(origin: Origin, **snapshot: Any) -> dict[str, Any]:
-    return {
-        "node": {"id": "ratings-1", "service": "ratings"},
-        "admin": {"address": "127.0.0.1", "port": 0},
-        "listeners": [
-            {
-                "name": "inbound",
-                "direction": "inbound",
-                "address": "127.0.0.1",
-                "port": 0,
-                "local_app": f"127.0.0.1:{origin.port}",
-            }
-        ],
-        "snapshot": snapshot,
-    }
 
 
 async def ask(port: int, requests: list[bytes]) -> list[Response]:
@@ -60,7 +43,7 @@ async def test_access_policies_allow_and_deny_as_configured(
         },
         {"service": "ratings", "action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]},
     ]
-    proxy = await proxies(inbound_config(origin, access=access))
+    proxy = await proxies(inbound_config(origin.port, access=access))
     answers = await ask(
         proxy.ports["inbound"],
         [
@@ -97,7 +80,7 @@ async def test_jwt_valid_passes_expired_or_wrongly_signed_get_401(
             "rules": [{"when": [{"claim": "role", "values": ["reader"]}]}],
         }
     ]
-    proxy = await proxies(inbound_config(origin, filters=[jwt_filter], access=access))
+    proxy = await proxies(inbound_config(origin.port, filters=[jwt_filter], access=access))
     now = time.time()
     impostor = SigningKey("k1", "EC")
 

@@ -14,9 +14,17 @@ import pytest
 from tests.integration.client import Conn, get
 from tests.integration.conftest import StartProxy
 from tests.integration.origin import Origin
+from tests.integration.proxyproc import inbound_config
 from tests.unit.policy.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
+
+
+def limited(origin: Origin, rate_limits: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sidecar in front of ``origin`` with ``rate_limits`` on its service."""
+    return inbound_config(
+        origin.port, policies=[{"service": "ratings", "rate_limits": rate_limits}]
+    )
 
 
 @pytest.fixture
@@ -28,28 +36,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         server.stop()
 
 
-def inbound_config(origin: Origin, rate_limits: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "node": {"id": "ratings-1", "service": "ratings"},
-        "admin": {"address": "127.0.0.1", "port": 0},
-        "listeners": [
-            {
-                "name": "inbound",
-                "direction": "inbound",
-                "address": "127.0.0.1",
-                "port": 0,
-                "local_app": f"127.0.0.1:{origin.port}",
-            }
-        ],
-        "snapshot": {"policies": [{"service": "ratings", "rate_limits": rate_limits}]},
-    }
-
-
 async def test_local_limit_answers_429_with_retry_after_and_ratelimit_headers(
     origin: Origin, proxies: StartProxy
 ) -> None:
     limits = [{"key": "client_address", "requests_per_second": 1, "burst": 2}]
-    proxy = await proxies(inbound_config(origin, limits))
+    proxy = await proxies(limited(origin, limits))
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["inbound"])
         answers = [await conn.request(get("/ratings/1", host="ratings")) for _ in range(3)]
@@ -93,7 +84,7 @@ async def test_three_sidecars_share_one_global_limit_of_100_per_second(
             "on_redis_error": "deny",
         }
     ]
-    sidecars = [await proxies(inbound_config(origin, limits)) for _ in range(3)]
+    sidecars = [await proxies(limited(origin, limits)) for _ in range(3)]
     loop = asyncio.get_running_loop()
     admitted: list[float] = []
     refused: list[int] = []
@@ -129,7 +120,7 @@ async def test_redis_stopping_mid_test_fails_open_marked_then_recovers(
                 "on_redis_error": "allow",
             }
         ]
-        proxy = await proxies(inbound_config(origin, limits))
+        proxy = await proxies(limited(origin, limits))
         async with asyncio.timeout(20):
             conn = await Conn.open(proxy.ports["inbound"])
             before = await conn.request(get("/", host="ratings"))
@@ -161,7 +152,7 @@ async def test_redis_stopping_mid_test_fails_closed_when_configured(
                 "on_redis_error": "deny",
             }
         ]
-        proxy = await proxies(inbound_config(origin, limits))
+        proxy = await proxies(limited(origin, limits))
         async with asyncio.timeout(20):
             conn = await Conn.open(proxy.ports["inbound"])
             before = await conn.request(get("/", host="ratings"))

@@ -20,6 +20,7 @@ from meshproxy.policy import LocalReply, RequestContext
 from tests.integration.client import Conn, Response
 from tests.integration.conftest import StartProxy
 from tests.integration.origin import Origin
+from tests.integration.proxyproc import inbound_config
 
 pytestmark = pytest.mark.integration
 
@@ -44,23 +45,6 @@ class SlowStamp:
             ctx.status = 418
 
 
-def inbound_config(origin: Origin, **snapshot: Any) -> dict[str, Any]:
-    return {
-        "node": {"id": "ratings-1", "service": "ratings"},
-        "admin": {"address": "127.0.0.1", "port": 0},
-        "listeners": [
-            {
-                "name": "inbound",
-                "direction": "inbound",
-                "address": "127.0.0.1",
-                "port": 0,
-                "local_app": f"127.0.0.1:{origin.port}",
-            }
-        ],
-        "snapshot": snapshot,
-    }
-
-
 def importable() -> dict[str, str]:
     paths = [str(ROOT), os.environ.get("PYTHONPATH", "")]
     return {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
@@ -73,7 +57,7 @@ def slow_filter() -> dict[str, Any]:
 async def test_awaiting_filters_hold_a_streamed_body_and_pipelined_requests_in_order(
     origin: Origin, proxies: StartProxy
 ) -> None:
-    proxy = await proxies(inbound_config(origin, filters=[slow_filter()]), env=importable())
+    proxy = await proxies(inbound_config(origin.port, filters=[slow_filter()]), env=importable())
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["inbound"])
         # The body arrives while the request phase awaits; a second request
@@ -95,7 +79,7 @@ async def test_awaiting_filters_hold_a_streamed_body_and_pipelined_requests_in_o
 async def test_an_awaiting_filter_may_refuse_and_the_connection_goes_on(
     origin: Origin, proxies: StartProxy
 ) -> None:
-    proxy = await proxies(inbound_config(origin, filters=[slow_filter()]), env=importable())
+    proxy = await proxies(inbound_config(origin.port, filters=[slow_filter()]), env=importable())
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["inbound"])
         refused = await conn.request(b"GET / HTTP/1.1\r\nHost: ratings\r\nX-Deny: 1\r\n\r\n")
@@ -109,7 +93,7 @@ async def test_an_awaiting_filter_may_refuse_and_the_connection_goes_on(
 async def test_a_client_gone_during_an_awaiting_filter_costs_nothing_upstream(
     origin: Origin, proxies: StartProxy
 ) -> None:
-    proxy = await proxies(inbound_config(origin, filters=[slow_filter()]), env=importable())
+    proxy = await proxies(inbound_config(origin.port, filters=[slow_filter()]), env=importable())
     async with asyncio.timeout(10):
         conn = await Conn.open(proxy.ports["inbound"])
         conn.send(b"GET / HTTP/1.1\r\nHost: ratings\r\n\r\n")
@@ -141,7 +125,7 @@ async def test_the_path_authz_checked_is_the_path_forwarded(
     origin: Origin, proxies: StartProxy
 ) -> None:
     access = [{"service": "ratings", "action": "deny", "rules": [{"to": {"paths": ["/admin/*"]}}]}]
-    proxy = await proxies(inbound_config(origin, access=access))
+    proxy = await proxies(inbound_config(origin.port, access=access))
     answers = await ask(
         proxy.ports["inbound"],
         [
@@ -165,7 +149,7 @@ async def test_rate_limit_decisions_policy_events_and_refusal_flags_reach_the_me
     access = [{"service": "ratings", "action": "deny", "rules": [{"to": {"paths": ["/admin"]}}]}]
     proxy = await proxies(
         inbound_config(
-            origin, policies=[{"service": "ratings", "rate_limits": limits}], access=access
+            origin.port, policies=[{"service": "ratings", "rate_limits": limits}], access=access
         )
     )
     port = proxy.ports["inbound"]
