@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from control.nodes import ServiceSpec
 from control.registry.local import Instance, InstanceSpec
@@ -85,22 +85,29 @@ def parse_record(where: str, parse: Callable[[], T]) -> T:
         raise StoreError(f"{where} is not valid: {exc}") from None
 
 
-def parse_instance(where: str, instance_id: str, raw: str | dict[str, object]) -> Instance:
-    def parse() -> Instance:
-        if isinstance(raw, str):
-            return Instance(instance_id, InstanceSpec.model_validate_json(raw))
-        return Instance(instance_id, InstanceSpec.model_validate(raw))
+M = TypeVar("M", bound=BaseModel)
 
-    return parse_record(f"{where}: instance {instance_id!r}", parse)
+
+def _model(cls: type[M], raw: str | dict[str, object]) -> M:
+    """A model from a stored JSON text (SQLite) or decoded JSON (Consul)."""
+    return cls.model_validate_json(raw) if isinstance(raw, str) else cls.model_validate(raw)
+
+
+def parse_instance(where: str, instance_id: str, raw: str | dict[str, object]) -> Instance:
+    return parse_record(
+        f"{where}: instance {instance_id!r}",
+        lambda: Instance(instance_id, _model(InstanceSpec, raw)),
+    )
 
 
 def parse_spec(where: str, service: str, raw: str | dict[str, object]) -> ServiceSpec:
-    def parse() -> ServiceSpec:
-        if isinstance(raw, str):
-            return ServiceSpec.model_validate_json(raw)
-        return ServiceSpec.model_validate(raw)
+    return parse_record(f"{where}: spec of service {service!r}", lambda: _model(ServiceSpec, raw))
 
-    return parse_record(f"{where}: spec of service {service!r}", parse)
+
+def parse_rollout(where: str, service: str, raw: str | dict[str, object]) -> RolloutRecord:
+    return parse_record(
+        f"{where}: rollout of service {service!r}", lambda: _model(RolloutRecord, raw)
+    )
 
 
 class Store(ABC):
@@ -125,12 +132,3 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
-
-
-def parse_rollout(where: str, service: str, raw: str | dict[str, object]) -> RolloutRecord:
-    def parse() -> RolloutRecord:
-        if isinstance(raw, str):
-            return RolloutRecord.model_validate_json(raw)
-        return RolloutRecord.model_validate(raw)
-
-    return parse_record(f"{where}: rollout of service {service!r}", parse)
