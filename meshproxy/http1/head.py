@@ -106,6 +106,14 @@ def strip_port(host: bytes) -> bytes:
     return host.partition(b":")[0]
 
 
+def with_fields(
+    headers: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """``headers`` with ``extra`` set: each replaces the fields of its name."""
+    replaced = {name.lower() for name, _ in extra}
+    return [pair for pair in headers if pair[0].lower() not in replaced] + extra
+
+
 def build_request_head(
     head: fp.RequestHead,
     path: bytes,
@@ -179,10 +187,7 @@ def build_request_head(
             out.append(b"\r\n")
             return b"".join(out)
     if extra:
-        replaced = {name.lower() for name, _ in extra}
-        kept = head.headers if headers is None else headers
-        headers = [pair for pair in kept if pair[0].lower() not in replaced]
-        headers += extra
+        headers = with_fields(head.headers if headers is None else headers, extra)
     xff: bytes | None = None
     host: bytes | None = None
     has_rid = False
@@ -236,9 +241,7 @@ def edited_request_head(
     header edits and rewrites; and the mirror's head (Host ``-shadow``) if any."""
     headers = head.headers
     if extra:
-        names = {name.lower() for name, _ in extra}
-        headers = [pair for pair in headers if pair[0].lower() not in names]
-        headers += extra
+        headers = with_fields(headers, extra)
     edit = route.request_headers
     if edit is not None:
         headers = edit.apply(headers)
