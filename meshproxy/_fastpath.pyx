@@ -10,7 +10,8 @@ with 256-entry class tables, and heads are ``cdef class`` objects.  Rare paths
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.string cimport memchr, memcmp
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.string cimport memchr, memcmp, memcpy
 
 __all__ = [
     "BODY_CHUNKED",
@@ -22,10 +23,12 @@ __all__ = [
     "DEFAULT_MAX_HEADERS",
     "ChunkedDecoder",
     "ParseError",
+    "RAW_REWRITE",
     "RequestHead",
     "ResponseHead",
     "SplitRoutes",
     "TraceIds",
+    "TraceStart",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",
@@ -35,6 +38,7 @@ __all__ = [
     "keep_alive_timeout",
     "parse_request_head",
     "parse_response_head",
+    "raw_request_head",
     "ratio_bound",
     "split_bucket",
 ]
@@ -519,3 +523,4 @@ include "_fastpath_response.pxi"
 include "_fastpath_chunked.pxi"
 include "_fastpath_split.pxi"
 include "_fastpath_trace.pxi"
+include "_fastpath_head.pxi"

@@ -89,8 +89,9 @@ from meshproxy._fastpath_fields_py import (
     is_token,
     keep_alive_timeout,
 )
+from meshproxy._fastpath_head_py import RAW_REWRITE, raw_request_head
 from meshproxy._fastpath_split_py import SplitRoutes, split_bucket
-from meshproxy._fastpath_trace_py import TraceIds, ratio_bound
+from meshproxy._fastpath_trace_py import TraceIds, TraceStart, ratio_bound
 
 __all__ = [
     "BODY_CHUNKED",
@@ -100,12 +101,14 @@ __all__ = [
     "BODY_UNTIL_CLOSE",
     "DEFAULT_MAX_HEAD",
     "DEFAULT_MAX_HEADERS",
+    "RAW_REWRITE",
     "ChunkedDecoder",
     "ParseError",
     "RequestHead",
     "ResponseHead",
     "SplitRoutes",
     "TraceIds",
+    "TraceStart",
     "end_to_end_headers",
     "header_value",
     "hop_by_hop_fields",
@@ -116,6 +119,7 @@ __all__ = [
     "parse_request_head",
     "parse_response_head",
     "ratio_bound",
+    "raw_request_head",
     "split_bucket",
 ]
 

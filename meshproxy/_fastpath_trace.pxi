@@ -4,6 +4,10 @@
 
 cdef Py_ssize_t TRACE_POOL = 4080
 cdef const char* _HEX_DIGITS = b"0123456789abcdef"
+cdef enum:
+    _SAMPLE_BELOW = 0  # the low 64 bits of the trace id below the bound
+    _SAMPLE_ALL = 1
+    _SAMPLE_NONE = 2
 
 
 cdef inline bint _all_zero(const unsigned char* p, Py_ssize_t n):
@@ -47,18 +51,23 @@ cdef class TraceIds:
                 return src
 
     def traceparent(self, bound):
+        if bound >= 18446744073709551616:
+            return self._value(_SAMPLE_ALL, 0)
+        if bound <= 0:
+            return self._value(_SAMPLE_NONE, 0)
+        return self._value(_SAMPLE_BELOW, <uint64_t>bound)
+
+    cdef bytes _value(self, int mode, uint64_t bound):
         cdef Py_ssize_t i
         cdef const unsigned char* src = self._next()
         cdef uint64_t low = 0
         cdef bint sampled
         for i in range(8, 16):
             low = (low << 8) | src[i]
-        if bound >= 18446744073709551616:
-            sampled = True
-        elif bound <= 0:
-            sampled = False
+        if mode == _SAMPLE_BELOW:
+            sampled = low < bound
         else:
-            sampled = low < <uint64_t>bound
+            sampled = mode == _SAMPLE_ALL
         cdef bytes value = PyBytes_FromStringAndSize(NULL, 55)
         cdef char* out = PyBytes_AS_STRING(value)
         out[0] = 48
@@ -75,6 +84,57 @@ cdef class TraceIds:
         out[53] = 48
         out[54] = 49 if sampled else 48
         return value
+
+
+cdef bint _is_trace_name(bytes name, tuple names):
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(name)
+    cdef Py_ssize_t i
+    cdef bytes candidate
+    for i in range(len(names)):
+        candidate = <bytes>names[i]
+        if PyBytes_GET_SIZE(candidate) == size and _lower_eq(
+            <const unsigned char*>PyBytes_AS_STRING(name), 0, PyBytes_AS_STRING(candidate), size
+        ):
+            return True
+    return False
+
+
+cdef class TraceStart:
+    """The observer's ``exchange_started`` when tracing starts W3C traces (see the twin)."""
+
+    cdef TraceIds _ids
+    cdef int _mode
+    cdef uint64_t _bound
+    cdef object _carried
+    cdef bint _always
+    cdef tuple _names
+
+    def __init__(self, TraceIds ids, bound, carried, bint always, names):
+        self._ids = ids
+        if bound >= 18446744073709551616:
+            self._mode, self._bound = _SAMPLE_ALL, 0
+        elif bound <= 0:
+            self._mode, self._bound = _SAMPLE_NONE, 0
+        else:
+            self._mode, self._bound = _SAMPLE_BELOW, <uint64_t>bound
+        self._carried = carried
+        self._always = always
+        self._names = tuple(name.lower() for name in names)
+
+    def __call__(self, exchange, list headers):
+        cdef tuple pair
+        for pair in headers:
+            if _is_trace_name(<bytes>pair[0], self._names):
+                return self._carried(exchange, headers)
+        cdef bytes value = self._ids._value(self._mode, self._bound)
+        cdef const char* text = PyBytes_AS_STRING(value)
+        cdef bint sampled = text[54] == 49
+        if sampled or self._always:
+            exchange.trace_id = PyUnicode_DecodeASCII(text + 3, 32, NULL)
+            exchange.span_id = PyUnicode_DecodeASCII(text + 36, 16, NULL)
+            exchange.trace_sampled = sampled
+            exchange.user_agent = header_value(headers, b"user-agent") or b""
+        return [(b"traceparent", value)]
 
 
 def ratio_bound(double ratio):

@@ -11,11 +11,24 @@ OpenTelemetry's ``TraceIdRatioBased`` sampler, so any tier that samples by
 the same ratio from the id agrees.  ``reset()`` empties the pool: call it in
 a forked child so that two processes never hand out the same ids.  No clock,
 no I/O beyond ``entropy``.
+
+``TraceStart(ids, bound, carried, always, names)`` is the tracing observer's
+``exchange_started(exchange, headers)`` for the usual request, one that
+carries no trace context: when no field of ``headers`` is named (in any case)
+as one of ``names``, it starts a new trace with ``ids.traceparent(bound)``
+and returns ``[(b"traceparent", value)]``, the field to send upstream; when
+the trace is sampled, or ``always`` (an access log reads the ids), it also
+sets the exchange's ``trace_id``, ``span_id``, ``trace_sampled`` and
+``user_agent``.  A request that carries a trace field is handed, with its
+exchange, to ``carried`` and gets what that returns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from meshproxy._fastpath_fields_py import header_value
 
 POOL = 4080  # 170 ids per read
 _ID_BYTES = 24  # 16 of trace id, 8 of span id
@@ -53,6 +66,40 @@ class TraceIds:
         sampled = int.from_bytes(ids[8:16], "big") < bound
         text = ids.hex()
         return f"00-{text[:32]}-{text[32:]}-0{1 if sampled else 0}".encode()
+
+
+class TraceStart:
+    __slots__ = ("_always", "_bound", "_carried", "_ids", "_names")
+
+    def __init__(
+        self,
+        ids: TraceIds,
+        bound: int,
+        carried: Callable[[Any, list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]],
+        always: bool,
+        names: Iterable[bytes],
+    ) -> None:
+        self._ids = ids
+        self._bound = bound
+        self._carried = carried
+        self._always = always
+        self._names = frozenset(name.lower() for name in names)
+
+    def __call__(
+        self, exchange: Any, headers: list[tuple[bytes, bytes]]
+    ) -> list[tuple[bytes, bytes]]:
+        names = self._names
+        for name, _ in headers:
+            if name.lower() in names:
+                return self._carried(exchange, headers)
+        value = self._ids.traceparent(self._bound)
+        sampled = value[54] == 49  # b"1"
+        if sampled or self._always:
+            exchange.trace_id = value[3:35].decode()
+            exchange.span_id = value[36:52].decode()
+            exchange.trace_sampled = sampled
+            exchange.user_agent = header_value(headers, b"user-agent") or b""
+        return [(b"traceparent", value)]
 
 
 def ratio_bound(ratio: float) -> int:

@@ -17,7 +17,6 @@ import os
 from typing import TYPE_CHECKING
 
 from meshproxy import fastpath as fp
-from meshproxy.observe.propagation import TRACE_NAME_LENGTHS, TRACE_NAMES
 
 if TYPE_CHECKING:
     from meshproxy.resolve import Route
@@ -47,18 +46,12 @@ _XRID = b"x-request-id"
 _HOST = b"host"
 _CL = b"content-length"
 _PROXY_SET = frozenset({_XFF, _XFP, _XRID, _HOST})
-# A request with none of these fields leaves with its head as received.
-_REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
-# The scans below run on every message: a name whose length matches none of
-# the names sought is skipped without lower-casing it (a copy, then a hash).
-# The lengths of the trace context names (the usual extra fields) are in the
-# set too, so that setting them rarely needs a set of its own.
-_RAW_CHECK_LENGTHS = frozenset(len(name) for name in (*_REWRITE, _CL)) | TRACE_NAME_LENGTHS
-_XFP_RID = b"\r\nX-Forwarded-Proto: http\r\nX-Request-Id: "
-_END = b"\r\n\r\n"
+# A request with none of these fields leaves with its head as received, our
+# fields appended (``fp.raw_request_head``, whose list this is).
+REWRITE = FIXED_HOP_BY_HOP | {_XFF, _XFP, _XRID}
+_raw_request_head = fp.raw_request_head
 _hop_by_hop_fields = fp.hop_by_hop_fields
 _KEEP_ALIVE_ONLY = [(b"connection", b"keep-alive")]
-_NOTHING: frozenset[bytes] = frozenset()
 
 
 # Request ids: a random per-process prefix and a counter, 32 hex digits like a
@@ -135,57 +128,12 @@ def build_request_head(
     route's header edits).  ``extra`` are fields to set, each replacing the
     client's fields of that name (trace context, a filter's headers); when the
     client sent none of them, they are appended to ``raw`` as ours are."""
+    if raw is not None and headers is None and authority is None:
+        request_id = request_id or new_request_id()
+        as_received = _raw_request_head(head, raw, client_ip, request_id, extra)
+        if as_received is not None:
+            return as_received
     drop = head.connection
-    if (
-        raw is not None
-        and headers is None
-        and authority is None
-        and head.version == 11
-        and not drop
-        and raw[:1] != b"\r"  # empty lines before the request line: rebuild
-    ):
-        check = _RAW_CHECK_LENGTHS
-        replaced: frozenset[bytes] | set[bytes] = _NOTHING
-        if extra:
-            if len(extra) == 1:  # a traceparent: the usual case, spared the loops
-                one = extra[0][0]
-                if one not in TRACE_NAMES:  # lower-case already, lengths in the check
-                    one = one.lower()
-                    if len(one) not in check:
-                        check = check | {len(one)}
-                replaced = {one}
-            else:
-                replaced = {name.lower() for name, _ in extra}
-                if not check.issuperset(map(len, replaced)):
-                    check = check.union(map(len, replaced))
-        lengths = 0
-        for name, _value in head.headers:
-            if len(name) not in check:
-                continue
-            lname = name.lower()
-            if lname in _REWRITE or lname in replaced:
-                break
-            if lname == _CL:
-                lengths += 1
-        else:
-            if lengths > 1:  # equal duplicates the parser collapsed: send one
-                return build_request_head(
-                    head, path, client_ip, authority, None, request_id, None, extra
-                )
-            rid = request_id or new_request_id()
-            if not extra:
-                return b"".join((raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, _END))
-            if len(extra) == 1:
-                name, value = extra[0]
-                return b"".join(
-                    (raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, b"\r\n",
-                     name, b": ", value, _END)
-                )  # fmt: skip
-            out = [raw[:-2], b"X-Forwarded-For: ", client_ip, _XFP_RID, rid, b"\r\n"]
-            for name, value in extra:
-                out += (name, b": ", value, b"\r\n")
-            out.append(b"\r\n")
-            return b"".join(out)
     if extra:
         headers = with_fields(head.headers if headers is None else headers, extra)
     xff: bytes | None = None

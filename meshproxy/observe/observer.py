@@ -50,7 +50,14 @@ from meshproxy.config.observability import Observability
 from meshproxy.observe.accesslog import AccessLog
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.metrics import ProxyMetrics
-from meshproxy.observe.propagation import TRACE_NAME_LENGTHS, Writer, extract, read, writer
+from meshproxy.observe.propagation import (
+    TRACE_NAME_LENGTHS,
+    TRACE_NAMES,
+    Writer,
+    extract,
+    read,
+    writer,
+)
 from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
 
 __all__ = ["MeshObserver", "static_version"]
@@ -125,7 +132,13 @@ class MeshObserver:
         # New W3C traces are sampled from their id (OpenTelemetry's TraceIdRatioBased).
         self._bound = fp.ratio_bound(self._sampler.ratio)
         self._trace_errors = 0
-        if tracer is not None:
+        if tracer is not None and self._new_w3c:
+            # The usual request, without trace context, never leaves the fast
+            # path; one that carries a trace goes on to ``_started_traced``.
+            self.exchange_started = fp.TraceStart(
+                self._ids, self._bound, self._started_traced, access_log is not None, TRACE_NAMES
+            )
+        elif tracer is not None:
             self.exchange_started = self._started_traced
         elif access_log is not None:
             self.exchange_started = self._started_logged

@@ -13,7 +13,11 @@ never waits for the collector; when its queue is full the SDK drops spans.
 
 Attributes follow the stable HTTP semantic conventions (``http.request.method``,
 ``url.path``, ``http.response.status_code``, ...) plus ``meshproxy.*`` for the
-mesh's own facts (destination service and subset, response flags).
+mesh's own facts (source and destination service, and the destination subset
+and response flags when there are any).  The direction is the span's kind:
+``SERVER`` on an inbound listener, ``CLIENT`` on an outbound one.  Each
+attribute costs the exporter thread about 8 µs to encode, so none is sent
+that says nothing.
 
 This room must not block the loop: ``shutdown`` (which flushes the exporter)
 runs in a thread.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import Attributes, Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -40,6 +44,23 @@ __all__ = ["ExchangeTracer", "RatioSampler"]
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)  # the convention for a span that did not fail
 _ERROR = Status(StatusCode.ERROR)
+
+
+class _Resource(Resource):
+    """A ``Resource`` that computes its hash once.  The OTLP encoder groups
+    every span of a batch by its resource, and ``Resource.__hash__`` dumps
+    the attributes to JSON each time: a sixth of the encoding, for a value
+    that never changes here."""
+
+    def __init__(self, attributes: Attributes, schema_url: str | None = None) -> None:
+        super().__init__(attributes, schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return super().__eq__(other)
 
 
 class RatioSampler:
@@ -89,12 +110,13 @@ class ExchangeTracer:
     ) -> None:
         self.config = config
         self.sampler = RatioSampler(config.sampling)
-        self._resource = Resource.create(
+        resource = Resource.create(
             {
                 "service.name": config.service_name or service_name,
                 "service.instance.id": instance_id,
             }
         )
+        self._resource = _Resource(dict(resource.attributes), resource.schema_url)
         self._scope = InstrumentationScope("meshproxy", __version__)
         self._processor = BatchSpanProcessor(
             exporter if exporter is not None else build_exporter(config),
@@ -127,12 +149,13 @@ class ExchangeTracer:
             "http.response.status_code": ex.status,
             "http.request.body.size": ex.bytes_in,
             "http.response.body.size": ex.bytes_out,
-            "meshproxy.direction": ex.direction,
             "meshproxy.source_service": ex.source_service,
             "meshproxy.destination_service": ex.destination_service,
-            "meshproxy.destination_subset": ex.destination_subset,
-            "meshproxy.response_flags": ex.flags,
         }
+        if ex.destination_subset != "-":
+            attributes["meshproxy.destination_subset"] = ex.destination_subset
+        if ex.flags != "-":
+            attributes["meshproxy.response_flags"] = ex.flags
         if port:
             attributes["server.port"] = int(port)
         if query:

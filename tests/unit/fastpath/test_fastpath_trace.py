@@ -108,3 +108,77 @@ def test_ratio_bound_is_opentelemetrys(fastpath: ModuleType) -> None:
     assert fastpath.ratio_bound(1.0) == 2**64
     with pytest.raises(ValueError, match="not in"):
         fastpath.ratio_bound(1.5)
+
+
+class _Exchange:
+    """The attributes ``TraceStart`` sets, unset until it does."""
+
+    trace_id = span_id = user_agent = None
+    trace_sampled = None
+
+
+def _start(fastpath: ModuleType, bound: int, always: bool, carried=None):  # type: ignore[no-untyped-def]
+    from meshproxy.observe.propagation import TRACE_NAMES
+
+    ids = fastpath.TraceIds(seeded(5))
+    return fastpath.TraceStart(ids, bound, carried or (lambda ex, h: []), always, TRACE_NAMES)
+
+
+def test_trace_start_gives_a_request_without_trace_context_a_new_traceparent(
+    fastpath: ModuleType,
+) -> None:
+    headers = [(b"Host", b"web"), (b"User-Agent", b"curl/8")]
+    ex = _Exchange()
+    [(name, value)] = _start(fastpath, ALWAYS, False)(ex, headers)
+    assert name == b"traceparent" and TRACEPARENT.fullmatch(value) and value.endswith(b"-01")
+    # Sampled: the span is built from the ids that went on the wire.
+    assert ex.trace_id == value[3:35].decode() and ex.span_id == value[36:52].decode()
+    assert ex.trace_sampled is True and ex.user_agent == b"curl/8"
+
+
+def test_trace_start_leaves_an_unsampled_exchange_alone_unless_always(
+    fastpath: ModuleType,
+) -> None:
+    ex = _Exchange()
+    [(_, value)] = _start(fastpath, NEVER, False)(ex, [(b"Host", b"web")])
+    assert value.endswith(b"-00")
+    assert (ex.trace_id, ex.span_id, ex.trace_sampled, ex.user_agent) == (None, None, None, None)
+    logged = _Exchange()  # an access log reads the ids of every exchange
+    [(_, value)] = _start(fastpath, NEVER, True)(logged, [(b"Host", b"web")])
+    assert logged.trace_id == value[3:35].decode() and logged.trace_sampled is False
+    assert logged.user_agent == b""
+
+
+@pytest.mark.parametrize(
+    "field", [b"traceparent", b"TraceParent", b"b3", b"B3", b"X-B3-TraceId", b"x-b3-sampled"]
+)
+def test_trace_start_hands_a_request_carrying_trace_context_on(
+    fastpath: ModuleType, field: bytes
+) -> None:
+    seen: list[tuple[object, list[tuple[bytes, bytes]]]] = []
+    answer = [(b"traceparent", b"from-the-caller's-trace")]
+
+    def carried(ex: object, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        seen.append((ex, headers))
+        return answer
+
+    ex = _Exchange()
+    headers = [(b"Host", b"web"), (field, b"1")]
+    assert _start(fastpath, ALWAYS, True, carried)(ex, headers) is answer
+    assert seen == [(ex, headers)] and ex.trace_id is None
+
+
+def test_trace_start_twins_agree() -> None:
+    try:
+        compiled = importlib.import_module("meshproxy._fastpath")
+    except ImportError:
+        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
+            raise
+        pytest.skip("the Cython fast path is not built")
+    bound = twin.ratio_bound(0.5)
+    a, b = _start(compiled, bound, False), _start(twin, bound, False)
+    for i in range(200):
+        ea, eb = _Exchange(), _Exchange()
+        headers = [(b"Host", b"web"), (b"X-Trace" if i % 2 else b"Accept", b"*")]
+        assert a(ea, headers) == b(eb, headers)
+        assert vars(ea) == vars(eb)
