@@ -3,10 +3,11 @@
 ``python -m bench.hotpath`` feeds a keep-alive GET (as wrk sends it) into an
 ``HttpServer`` over recording transports, answers it from a parked upstream
 connection with nginx's 12-byte response, and prints the time per request for
-the configs of ``bench.configs``: the default sidecar (``default``), the
-90/10 split (``split``), the policy chain (``policy``: rate limit and authz
-on the inbound listener), tracing at 1% sampling (``trace``) and three
-endpoints balanced by round robin (``rr3``) or least request (``lr3``).
+the configs of ``bench.configs``: the default sidecar (``default``), the same
+with metrics off (``nometrics``), the 90/10 split (``split``), the policy
+chain (``policy``: rate limit and authz on the inbound listener), tracing at
+1% sampling (``trace``) and three endpoints balanced by round robin
+(``rr3``) or least request (``lr3``).
 Everything the runtime puts on the path is there (resolver, pool,
 ``MeshObserver`` with its metrics, the policy chain); only the kernel and the
 event loop's I/O are not.  It is the harness that tells which change of the
@@ -51,7 +52,7 @@ from meshproxy.observe.tracing import ExchangeTracer
 from meshproxy.runtime import Runtime, install_uvloop, make_metrics
 from meshproxy.settings import Settings
 
-KINDS = ("default", "split", "policy", "trace", "rr3", "lr3")
+KINDS = ("default", "nometrics", "split", "policy", "trace", "rr3", "lr3")
 ORIGIN_PORTS = (19001, 19002, 19003)  # never bound: the upstream side is simulated
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: origin\r\n\r\n"
@@ -65,6 +66,8 @@ RESPONSE = (
 def bootstrap(kind: str) -> Bootstrap:
     if kind == "default":
         data = configs.meshproxy_bootstrap(ORIGIN_PORTS)
+    elif kind == "nometrics":
+        data = configs.meshproxy_bootstrap(ORIGIN_PORTS, observability="no_metrics")
     elif kind == "split":
         data = configs.routing_bootstrap(ORIGIN_PORTS, "split")
     elif kind == "policy":

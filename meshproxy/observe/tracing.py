@@ -13,8 +13,10 @@ never waits for the collector; when its queue is full the SDK drops spans.
 
 Attributes follow the stable HTTP semantic conventions (``http.request.method``,
 ``url.path``, ``http.response.status_code``, ...) plus ``meshproxy.*`` for the
-mesh's own facts (source and destination service, and the destination subset
-and response flags when there are any).  The direction is the span's kind:
+mesh's own facts (the destination service; the destination subset and the
+response flags when there are any; the source service when it is not the
+resource's ``service.name``).  The request body size is sent when there was
+a body.  The direction is the span's kind:
 ``SERVER`` on an inbound listener, ``CLIENT`` on an outbound one.  Each
 attribute costs the exporter thread about 8 µs to encode, so none is sent
 that says nothing.
@@ -110,9 +112,10 @@ class ExchangeTracer:
     ) -> None:
         self.config = config
         self.sampler = RatioSampler(config.sampling)
+        self._service_name = config.service_name or service_name
         resource = Resource.create(
             {
-                "service.name": config.service_name or service_name,
+                "service.name": self._service_name,
                 "service.instance.id": instance_id,
             }
         )
@@ -147,11 +150,13 @@ class ExchangeTracer:
             "network.protocol.version": "1.1",
             "server.address": host,
             "http.response.status_code": ex.status,
-            "http.request.body.size": ex.bytes_in,
             "http.response.body.size": ex.bytes_out,
-            "meshproxy.source_service": ex.source_service,
             "meshproxy.destination_service": ex.destination_service,
         }
+        if ex.bytes_in:
+            attributes["http.request.body.size"] = ex.bytes_in
+        if ex.source_service != self._service_name:
+            attributes["meshproxy.source_service"] = ex.source_service
         if ex.destination_subset != "-":
             attributes["meshproxy.destination_subset"] = ex.destination_subset
         if ex.flags != "-":

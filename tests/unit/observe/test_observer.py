@@ -234,8 +234,32 @@ def test_incoming_traceparent_becomes_the_parent_of_our_span() -> None:
     assert attrs["http.route"] == "r0"
     assert attrs["user_agent.original"] == "curl/8"
     assert attrs["meshproxy.destination_subset"] == "v1"
+    assert attrs["http.response.body.size"] == 100
+    # Nothing that says nothing: no request body, no flags, the source is the
+    # resource's service.name, the direction is the span's kind.
+    assert not {
+        "http.request.body.size", "meshproxy.response_flags", "meshproxy.source_service",
+        "meshproxy.direction",
+    } & set(attrs)  # fmt: skip
+    assert span.resource.attributes["service.name"] == "reviews"
     assert span.start_time == 1_700_000_000 * 10**9
     assert span.end_time == span.start_time + 3_000_000
+
+
+def test_span_attributes_that_are_set_only_when_they_say_something() -> None:
+    observer, spans = traced(sampling=1.0)
+    ex = exchange(503, "UO", subset="-", bytes_in=42)
+    ex.source_service = "gateway"  # not this sidecar's own service
+    observer.exchange_started(ex, [])
+    observer.exchange_done(ex)
+    observer.tracer.shutdown()  # type: ignore[union-attr]
+    (span,) = spans.get_finished_spans()
+    attrs = dict(span.attributes or {})
+    assert attrs["http.request.body.size"] == 42
+    assert attrs["meshproxy.response_flags"] == "UO"
+    assert attrs["meshproxy.source_service"] == "gateway"
+    assert attrs["error.type"] == "503"
+    assert "meshproxy.destination_subset" not in attrs
 
 
 def test_caller_saying_not_sampled_gets_no_span_but_the_context_goes_on() -> None:
