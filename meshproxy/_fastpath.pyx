@@ -11,7 +11,7 @@ with 256-entry class tables, and heads are ``cdef class`` objects.  Rare paths
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeASCII
-from libc.string cimport memchr, memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 __all__ = [
     "BODY_CHUNKED",
@@ -21,11 +21,15 @@ __all__ = [
     "BODY_UNTIL_CLOSE",
     "DEFAULT_MAX_HEAD",
     "DEFAULT_MAX_HEADERS",
+    "MAX_BOUNDS",
     "ChunkedDecoder",
+    "ExchangeCounter",
+    "ExchangeTally",
     "ParseError",
     "RAW_REWRITE",
     "RequestHead",
     "ResponseHead",
+    "ShapeTally",
     "SplitRoutes",
     "TraceIds",
     "TraceStart",
@@ -524,3 +528,4 @@ include "_fastpath_chunked.pxi"
 include "_fastpath_split.pxi"
 include "_fastpath_trace.pxi"
 include "_fastpath_head.pxi"
+include "_fastpath_tally.pxi"

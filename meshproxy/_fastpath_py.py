@@ -91,6 +91,7 @@ from meshproxy._fastpath_fields_py import (
 )
 from meshproxy._fastpath_head_py import RAW_REWRITE, raw_request_head
 from meshproxy._fastpath_split_py import SplitRoutes, split_bucket
+from meshproxy._fastpath_tally_py import MAX_BOUNDS, ExchangeCounter, ExchangeTally, ShapeTally
 from meshproxy._fastpath_trace_py import TraceIds, TraceStart, ratio_bound
 
 __all__ = [
@@ -101,11 +102,15 @@ __all__ = [
     "BODY_UNTIL_CLOSE",
     "DEFAULT_MAX_HEAD",
     "DEFAULT_MAX_HEADERS",
+    "MAX_BOUNDS",
     "RAW_REWRITE",
     "ChunkedDecoder",
+    "ExchangeCounter",
+    "ExchangeTally",
     "ParseError",
     "RequestHead",
     "ResponseHead",
+    "ShapeTally",
     "SplitRoutes",
     "TraceIds",
     "TraceStart",

@@ -1,8 +1,8 @@
 """Prometheus metrics of the sidecar: what the proxy records, and its exposition.
 
 How this works.  ``exchange_done`` runs once per proxied request, so it only
-bumps plain Python numbers (``series.Running*``) found in a dict keyed by the
-raw label tuple of the exchange.  ``flush()`` moves them into
+bumps plain numbers (the fast path's ``ExchangeCounter``: C counters found in a
+dict keyed by the raw label tuple of the exchange).  ``flush()`` moves them into
 prometheus-client's metric objects, adding the difference since the last
 flush; it only *reads* the hot fields, so it is safe from another thread (the
 admin server renders in one) while the event loop keeps counting.
@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import (
@@ -61,6 +60,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from meshproxy import __version__
+from meshproxy import fastpath as fp
 from meshproxy.fastpath import IMPLEMENTATION
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.multiproc import (
@@ -69,7 +69,7 @@ from meshproxy.observe.multiproc import (
     mark_worker_dead,
     use_value_store,
 )
-from meshproxy.observe.series import BoundedLabel, RunningCounter, RunningHistogram, upper_bounds
+from meshproxy.observe.series import BoundedLabel, RunningCounter, RunningHistogram
 from meshproxy.observe.upstreams import UpstreamGauges, UpstreamView
 
 __all__ = [
@@ -91,13 +91,6 @@ DURATION_BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 # Bodies from empty to 16 MiB, by powers of 4.
 BYTES_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(3, 13))
-_DURATION_BOUNDS = upper_bounds(DURATION_BUCKETS)
-_BYTES_BOUNDS = upper_bounds(BYTES_BUCKETS)
-# The hot path's bisect over byte counts: the finite bounds as ints (an int
-# compares with an int faster than with a float), where a count past the last
-# lands on index len(bounds), the +Inf bucket, as with ``_BYTES_BOUNDS``.
-_BYTES_INT_BOUNDS = tuple(int(b) for b in BYTES_BUCKETS)
-_DURATION_FINITE = DURATION_BUCKETS
 
 # What each process publishes about itself in multi-process mode, summed over live ones.
 _PROCESS_FIGURES: tuple[tuple[str, str, str], ...] = (
@@ -142,23 +135,43 @@ RawKey = tuple[str, str, str, str, str, int, str]
 
 
 class _Shape:
-    """Duration and size histograms of one (direction, source, destination, subset)."""
+    """Duration and size histograms of one (direction, source, destination, subset):
+    counted in ``tally`` by the hot path, published by the flush."""
 
-    __slots__ = ("duration", "request_bytes", "response_bytes")
+    __slots__ = ("duration", "request_bytes", "response_bytes", "tally")
 
     def __init__(self, duration: Histogram, req: Histogram, resp: Histogram) -> None:
-        self.duration = RunningHistogram(duration, _DURATION_BOUNDS)
-        self.request_bytes = RunningHistogram(req, _BYTES_BOUNDS)
-        self.response_bytes = RunningHistogram(resp, _BYTES_BOUNDS)
+        self.tally = fp.ShapeTally(DURATION_BUCKETS, BYTES_BUCKETS)
+        self.duration = RunningHistogram(duration, len(DURATION_BUCKETS) + 1)
+        self.request_bytes = RunningHistogram(req, len(BYTES_BUCKETS) + 1)
+        self.response_bytes = RunningHistogram(resp, len(BYTES_BUCKETS) + 1)
+
+    def flush(self) -> None:
+        tally = self.tally
+        self.duration.flush(tally.duration_sum, tally.duration_buckets())
+        self.request_bytes.flush(tally.request_sum, tally.request_buckets())
+        self.response_bytes.flush(tally.response_sum, tally.response_buckets())
 
 
-class _Requests(RunningCounter):
-    __slots__ = ("overflow", "shape")
+class _Requests:
+    """One requests series: counted in ``tally`` by the hot path, published by the flush."""
+
+    __slots__ = ("child", "flushed", "overflow", "tally")
 
     def __init__(self, child: Counter, shape: _Shape, overflow: Counter | None) -> None:
-        super().__init__(child)
-        self.shape = shape
+        self.child = child
+        self.tally = fp.ExchangeTally(shape.tally)
+        self.flushed = 0
         self.overflow = overflow  # the breaker-overflow child when the flags carry UO
+
+    def flush(self) -> int:
+        """Publish the new counts; returns how many there were."""
+        count = self.tally.count
+        delta = count - self.flushed
+        if delta:
+            self.child.inc(delta)
+            self.flushed = count
+        return delta
 
 
 class ProxyMetrics:
@@ -177,7 +190,9 @@ class ProxyMetrics:
         self._subset_label = BoundedLabel(MAX_SUBSETS)
         self._route_label = BoundedLabel(MAX_ROUTES)
         self._flags_label = BoundedLabel(MAX_FLAG_SETS)
-        self._by_input: dict[RawKey, _Requests] = {}
+        # The hot path: raw label tuple -> tally, in the fast path.
+        self._counter = fp.ExchangeCounter(self._tally_for, MAX_CACHED_KEYS)
+        self.exchange_done: Callable[[Exchange], None] = self._counter
         self._by_labels: dict[tuple[str, ...], _Requests] = {}
         self._shapes: dict[tuple[str, ...], _Shape] = {}
         self._directions: dict[str, str] = {}
@@ -309,50 +324,14 @@ class ProxyMetrics:
 
     # -- hot path ---------------------------------------------------------------
 
-    def exchange_done(self, ex: Exchange) -> None:
-        """Count one finished exchange; ``ex.duration`` is measured by the data path."""
-        raw = (
-            ex.direction,
-            ex.source_service,
-            ex.destination_service,
-            ex.destination_subset,
-            ex.route,
-            ex.status,
-            ex.flags,
-        )
-        series = self._by_input.get(raw)
-        if series is None:
-            series = self._series_for(raw)
-        series.count += 1
-        shape = series.shape
-        h = shape.duration
-        duration = ex.duration
-        h.sum += duration
-        h.buckets[bisect_left(_DURATION_FINITE, duration)] += 1
-        size = ex.bytes_in
-        if size:  # a request without a body: bucket 0, nothing to add
-            h = shape.request_bytes
-            h.sum += size
-            h.buckets[bisect_left(_BYTES_INT_BOUNDS, size)] += 1
-        else:
-            shape.request_bytes.buckets[0] += 1
-        size = ex.bytes_out
-        h = shape.response_bytes
-        h.sum += size
-        h.buckets[bisect_left(_BYTES_INT_BOUNDS, size)] += 1
+    # ``exchange_done(ex)``, set in __init__, counts one finished exchange
+    # (``ex.duration`` is measured by the data path): ``fp.ExchangeCounter``.
 
     def request_done(self, listener: str, service: str, status: int, duration_s: float) -> None:
         """The data path's older call: counted as an exchange without sizes, subset or route."""
         direction = self._directions.get(listener, listener)
         raw = (direction, self._source, service, "-", "-", status, "-")
-        try:
-            series = self._by_input[raw]
-        except KeyError:
-            series = self._series_for(raw)
-        series.count += 1
-        h = series.shape.duration
-        h.sum += duration_s
-        h.buckets[bisect_left(_DURATION_BOUNDS, duration_s)] += 1
+        self._counter.tally_for(raw).add_duration(duration_s)
 
     def connection_opened(self, listener: str) -> None:
         self._connection_gauge(listener).inc()
@@ -378,7 +357,7 @@ class ProxyMetrics:
         """Declare the service names that may appear as labels; others count as ``unknown``."""
         self._service_label.declare(frozenset(names))
         # Cached keys may now resolve to other labels; the counted data stays in _by_labels.
-        self._by_input = {}
+        self._counter.clear()
         # The rate-limit counters are keyed by raw name: publish what they hold
         # before the next decisions count under the new labels.
         with self._flush_lock:
@@ -390,7 +369,7 @@ class ProxyMetrics:
         """Listener name -> direction, and this node's service (for ``request_done``)."""
         self._directions = dict(directions)
         self._source = source_service
-        self._by_input = {}
+        self._counter.clear()
 
     @property
     def source_service(self) -> str:
@@ -444,9 +423,7 @@ class ProxyMetrics:
                 if delta and series.overflow is not None:
                     series.overflow.inc(delta)
             for shape in list(self._shapes.values()):
-                shape.duration.flush()
-                shape.request_bytes.flush()
-                shape.response_bytes.flush()
+                shape.flush()
             for counter in list(self._rate_limit.values()):
                 counter.flush()
             self._log_dropped.flush()
@@ -534,6 +511,10 @@ class ProxyMetrics:
 
     # -- slow paths ---------------------------------------------------------------
 
+    def _tally_for(self, raw: RawKey) -> fp.ExchangeTally:
+        """The hot path's miss: the tally of the series ``raw`` maps to."""
+        return self._series_for(raw).tally
+
     def _series_for(self, raw: RawKey) -> _Requests:
         direction, source, destination, subset, route, status, flags = raw
         shape_key = (
@@ -561,9 +542,6 @@ class ProxyMetrics:
             overflow = self._overflows.labels(shape_key[2]) if "UO" in flags.split(",") else None
             series = _Requests(self._requests.labels(*labels), shape, overflow)
             self._by_labels[labels] = series
-        if len(self._by_input) >= MAX_CACHED_KEYS:
-            self._by_input = {}
-        self._by_input[raw] = series
         return series
 
     def _connection_gauge(self, listener: str) -> Gauge:

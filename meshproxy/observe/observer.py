@@ -149,7 +149,7 @@ class MeshObserver:
         elif tracer is not None or access_log is not None:
             self.exchange_done = self._done
         else:
-            self.exchange_done = self._count or _uncounted
+            self.exchange_done = self._count if self._count is not None else _uncounted
 
     @classmethod
     def from_bootstrap(cls, boot: Bootstrap, metrics: ProxyMetrics) -> MeshObserver:

@@ -2,9 +2,10 @@
 
 How this works.  prometheus-client's ``inc``/``observe`` take a lock and, in
 multi-process mode, write an mmap file: too slow for once per request.  The
-hot path therefore bumps plain ints and floats held here, and ``flush()``
-(called from any thread) adds to the prometheus-client child only the
-difference since the last flush.  The flush only *reads* the hot fields, so a
+hot path therefore bumps plain numbers (held here, or for the requests
+histograms in the fast path's ``ShapeTally``), and ``flush()`` (called from
+any thread) adds to the prometheus-client child only the difference since the
+last flush.  The flush only *reads* the hot fields, so a
 flush racing the event loop at worst publishes an increment one flush late.
 
 Also here: ``BoundedLabel``, which keeps request data from minting label values.
@@ -47,21 +48,19 @@ class RunningCounter:
 
 
 class RunningHistogram:
-    """One histogram child's pending observations; ``buckets`` are NOT cumulative."""
+    """Publishes one histogram child from running per-bucket counts (NOT
+    cumulative) and a sum, counted elsewhere (``fastpath.ShapeTally``)."""
 
-    __slots__ = ("bounds", "buckets", "child", "flushed_buckets", "flushed_sum", "sum")
+    __slots__ = ("child", "flushed_buckets", "flushed_sum")
 
-    def __init__(self, child: Histogram, bounds: tuple[float, ...]) -> None:
+    def __init__(self, child: Histogram, buckets: int) -> None:
         self.child = child
-        self.bounds = bounds
-        self.sum = 0.0
-        self.buckets = [0] * len(bounds)
         self.flushed_sum = 0.0
-        self.flushed_buckets = [0] * len(bounds)
+        self.flushed_buckets = [0] * buckets
 
-    def flush(self) -> None:
-        total = self.sum
-        if total == self.flushed_sum and self.buckets == self.flushed_buckets:
+    def flush(self, total: float, buckets: list[int]) -> None:
+        """Publish what ``total`` and ``buckets`` gained since the last flush."""
+        if total == self.flushed_sum and buckets == self.flushed_buckets:
             return
         child: Any = self.child
         # Histogram has no public "add n to bucket i"; _sum and _buckets (one value
@@ -70,7 +69,7 @@ class RunningHistogram:
         child._sum.inc(total - self.flushed_sum)
         self.flushed_sum = total
         flushed = self.flushed_buckets
-        for i, count in enumerate(list(self.buckets)):
+        for i, count in enumerate(buckets):
             if count != flushed[i]:
                 child._buckets[i].inc(count - flushed[i])
                 flushed[i] = count

@@ -140,7 +140,7 @@ def test_hot_path_cache_stays_bounded_and_loses_no_count(monkeypatch: pytest.Mon
     m = ProxyMetrics(services=["ratings"])
     for i in range(50):
         m.request_done("outbound", f"host-{i}.example", 200, 0.001)
-        assert len(m._by_input) <= 8
+        assert m._counter.size() <= 8
     s = scrape(m)
     unknown = key("meshproxy_requests_total", **req(UNKNOWN_SERVICE, "200"))
     assert s[unknown] == 50
