@@ -196,7 +196,11 @@ def measure(args: argparse.Namespace, workdir: Path, group: ProcessGroup) -> dic
             _load(target, args, args.warmup, group.cpus("driver"))
     samples: list[Sample] = []
     for rnd in range(1, args.rounds + 1):
-        for target in targets:
+        # Every other round in reverse order: a target's place in the round
+        # (first after a pause, right after a given other) moves its figure by
+        # a few percent on a shared machine; alternating cancels that out of
+        # the per-round ratios' medians.
+        for target in targets if rnd % 2 else targets[::-1]:
             cpu = tree_cpu_seconds(target.pids)
             outcome = _load(target, args, args.duration, group.cpus("driver"))
             cpu = tree_cpu_seconds(target.pids) - cpu
