@@ -308,6 +308,13 @@ class ProxyMetrics:
                 registry=reg,
             )
         )
+        self._spans_dropped = RunningCounter(
+            Counter(
+                "meshproxy_spans_dropped",
+                "Sampled spans dropped because the exporting process fell behind or is gone.",
+                registry=reg,
+            )
+        )
         # Memory and CPU: the standard process_* families in single mode; with
         # workers, each publishes its own figures at flush into livesum gauges.
         self._process = ProcessCollector(registry=None)
@@ -350,6 +357,9 @@ class ProxyMetrics:
 
     def access_log_dropped(self, lines: int = 1) -> None:
         self._log_dropped.count += lines
+
+    def spans_dropped(self, spans: int = 1) -> None:
+        self._spans_dropped.count += spans
 
     # -- config -----------------------------------------------------------------
 
@@ -427,6 +437,7 @@ class ProxyMetrics:
             for counter in list(self._rate_limit.values()):
                 counter.flush()
             self._log_dropped.flush()
+            self._spans_dropped.flush()
             if self._tls_counts is not None:
                 self._flush_tls_refusals(self._tls_counts)
             if self._policy_counts is not None:

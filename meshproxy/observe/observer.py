@@ -58,6 +58,7 @@ from meshproxy.observe.propagation import (
     read,
     writer,
 )
+from meshproxy.observe.spanship import SpanShipper
 from meshproxy.observe.tracing import ExchangeTracer, RatioSampler
 
 __all__ = ["MeshObserver", "static_version"]
@@ -108,7 +109,7 @@ class MeshObserver:
         config: Observability | None = None,
         *,
         access_log: AccessLog | None = None,
-        tracer: ExchangeTracer | None = None,
+        tracer: ExchangeTracer | SpanShipper | None = None,
     ) -> None:
         self.config = config if config is not None else Observability()
         self.metrics = metrics
@@ -164,8 +165,13 @@ class MeshObserver:
         access_log = None
         if config.access_log.enabled:
             access_log = AccessLog(config.access_log, on_drop=metrics.access_log_dropped)
-        tracer = None
-        if config.tracing.enabled:
+        tracer: ExchangeTracer | SpanShipper | None = None
+        if config.tracing.enabled and config.tracing.export_in == "process":
+            # Spans are built and exported by a child process (``spanship``).
+            tracer = SpanShipper(
+                config.tracing, boot.node.service, boot.node.id, on_drop=metrics.spans_dropped
+            )
+        elif config.tracing.enabled:
             tracer = ExchangeTracer(config.tracing, boot.node.service, boot.node.id)
         return cls(metrics, config, access_log=access_log, tracer=tracer)
 
@@ -175,6 +181,8 @@ class MeshObserver:
         self.metrics.flush_periodically(loop, self.config.metrics.flush_interval)
         if self.access_log is not None:
             self.access_log.start()
+        if self.tracer is not None:
+            self.tracer.start(loop)
 
     def watch_upstreams(self, view: Callable[[], Mapping[str, Any]] | None) -> None:
         """Where the periodic flush reads endpoint health, ejections and pool sizes."""
@@ -195,7 +203,7 @@ class MeshObserver:
         if self.access_log is not None:
             await asyncio.to_thread(self.access_log.close)
         if self.tracer is not None:
-            await asyncio.to_thread(self.tracer.shutdown)
+            await self.tracer.aclose()
 
     # -- the data path's calls ----------------------------------------------------
 

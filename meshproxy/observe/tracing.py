@@ -8,8 +8,11 @@ build its span, after the fact, as the SDK's finished-span record
 we already put on the wire: a live ``Span`` (and the checks of each
 attribute it makes) would cost twice as much for nothing, since every value
 here is already a string or an integer.  The SDK's ``BatchSpanProcessor``
-queues the span and exports batches from its own thread, so the event loop
-never waits for the collector; when its queue is full the SDK drops spans.
+queues the span and exports batches from its own thread; when its queue is
+full the SDK drops spans.  In the sidecar all of this runs in a child process
+(``spanship``): the worker only ships ``exchange_fields(ex)`` of each sampled
+exchange, and the child calls ``record_fields``.  ``record(ex)`` does both in
+one process (tests, tools).
 
 Attributes follow the stable HTTP semantic conventions (``http.request.method``,
 ``url.path``, ``http.response.status_code``, ...) plus ``meshproxy.*`` for the
@@ -18,7 +21,7 @@ response flags when there are any; the source service when it is not the
 resource's ``service.name``).  The request body size is sent when there was
 a body.  The direction is the span's kind:
 ``SERVER`` on an inbound listener, ``CLIENT`` on an outbound one.  Each
-attribute costs the exporter thread about 8 µs to encode, so none is sent
+attribute costs the exporter about 3 µs to encode, so none is sent
 that says nothing.
 
 This room must not block the loop: ``shutdown`` (which flushes the exporter)
@@ -27,8 +30,10 @@ runs in a thread.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
+from typing import Any
 
 from opentelemetry.sdk.resources import Attributes, Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -41,7 +46,7 @@ from meshproxy import __version__
 from meshproxy.config.observability import TracingConfig
 from meshproxy.observe.exchange import Exchange
 
-__all__ = ["ExchangeTracer", "RatioSampler"]
+__all__ = ["ExchangeTracer", "RatioSampler", "exchange_fields"]
 
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _OK = Status(StatusCode.UNSET)  # the convention for a span that did not fail
@@ -100,6 +105,17 @@ def build_exporter(config: TracingConfig) -> SpanExporter:
     return HttpExporter(endpoint=config.endpoint, timeout=config.export_timeout)
 
 
+def exchange_fields(ex: Exchange) -> tuple[Any, ...]:
+    """What a span is made of, as plain strings and numbers (``marshal`` can
+    carry them to the exporting child: ``spanship``)."""
+    return (
+        ex.trace_id, ex.span_id, ex.parent_span_id, ex.method, ex.route, ex.path, ex.authority,
+        ex.status, ex.bytes_in, ex.bytes_out, ex.source_service, ex.destination_service,
+        ex.destination_subset, ex.flags, ex.user_agent, ex.upstream_host, ex.request_id,
+        ex.direction, ex.start_wall, ex.duration,
+    )  # fmt: skip
+
+
 class ExchangeTracer:
     """Turns sampled exchanges into spans and hands them to a batching exporter."""
 
@@ -129,65 +145,79 @@ class ExchangeTracer:
             export_timeout_millis=config.export_timeout * 1000,
         )
 
+    def start(self, loop: object) -> None:
+        """Nothing to start: the SDK's processor runs its own thread."""
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.shutdown)
+
     def record(self, ex: Exchange) -> None:
         """Build and end the span of a sampled exchange (called on the loop, cheap)."""
-        trace_id = int(ex.trace_id, 16)
-        context = SpanContext(trace_id, int(ex.span_id, 16), False, _SAMPLED)
+        self.record_fields(exchange_fields(ex))
+
+    def record_fields(self, fields: tuple[Any, ...]) -> None:
+        """Build and end the span of ``exchange_fields(ex)``."""
+        (
+            trace_hex, span_hex, parent_hex, method_raw, route, target, authority, status,
+            bytes_in, bytes_out, source, destination, subset, flags, user_agent, upstream,
+            request_id, direction, start_wall, duration,
+        ) = fields  # fmt: skip
+        trace_id = int(trace_hex, 16)
+        context = SpanContext(trace_id, int(span_hex, 16), False, _SAMPLED)
         parent = None
-        if ex.parent_span_id:
-            parent = SpanContext(trace_id, int(ex.parent_span_id, 16), True, _SAMPLED)
-        method = ex.method.decode("latin-1") or "_OTHER"
-        route = ex.route
+        if parent_hex:
+            parent = SpanContext(trace_id, int(parent_hex, 16), True, _SAMPLED)
+        method = method_raw.decode("latin-1") or "_OTHER"
         name = method if route == "-" else f"{method} {route}"
-        path, _, query = ex.path.partition(b"?")
-        host, _, port = ex.authority.decode("latin-1").rpartition(":")
+        path, _, query = target.partition(b"?")
+        host, _, port = authority.decode("latin-1").rpartition(":")
         if not host or not port.isdigit():
-            host, port = ex.authority.decode("latin-1"), ""
+            host, port = authority.decode("latin-1"), ""
         attributes: dict[str, str | int] = {
             "http.request.method": method,
             "url.path": path.decode("latin-1"),
             "url.scheme": "http",
             "network.protocol.version": "1.1",
             "server.address": host,
-            "http.response.status_code": ex.status,
-            "http.response.body.size": ex.bytes_out,
-            "meshproxy.destination_service": ex.destination_service,
+            "http.response.status_code": status,
+            "http.response.body.size": bytes_out,
+            "meshproxy.destination_service": destination,
         }
-        if ex.bytes_in:
-            attributes["http.request.body.size"] = ex.bytes_in
-        if ex.source_service != self._service_name:
-            attributes["meshproxy.source_service"] = ex.source_service
-        if ex.destination_subset != "-":
-            attributes["meshproxy.destination_subset"] = ex.destination_subset
-        if ex.flags != "-":
-            attributes["meshproxy.response_flags"] = ex.flags
+        if bytes_in:
+            attributes["http.request.body.size"] = bytes_in
+        if source != self._service_name:
+            attributes["meshproxy.source_service"] = source
+        if subset != "-":
+            attributes["meshproxy.destination_subset"] = subset
+        if flags != "-":
+            attributes["meshproxy.response_flags"] = flags
         if port:
             attributes["server.port"] = int(port)
         if query:
             attributes["url.query"] = query.decode("latin-1")
         if route != "-":
             attributes["http.route"] = route
-        if ex.user_agent:
-            attributes["user_agent.original"] = ex.user_agent.decode("latin-1")
-        if ex.upstream_host:
-            attributes["meshproxy.upstream_host"] = ex.upstream_host
-        if ex.request_id:
-            attributes["meshproxy.request_id"] = ex.request_id.decode("latin-1")
-        status = _OK
-        if ex.status == 0 or ex.status >= 500:
-            status = _ERROR
-            attributes["error.type"] = str(ex.status) if ex.status else ex.flags
-        start_ns = int(ex.start_wall * 1e9)
+        if user_agent:
+            attributes["user_agent.original"] = user_agent.decode("latin-1")
+        if upstream:
+            attributes["meshproxy.upstream_host"] = upstream
+        if request_id:
+            attributes["meshproxy.request_id"] = request_id.decode("latin-1")
+        outcome = _OK
+        if status == 0 or status >= 500:
+            outcome = _ERROR
+            attributes["error.type"] = str(status) if status else flags
+        start_ns = int(start_wall * 1e9)
         span = ReadableSpan(
             name,
             context=context,
             parent=parent,
             resource=self._resource,
             attributes=attributes,
-            kind=SpanKind.SERVER if ex.direction == "inbound" else SpanKind.CLIENT,
-            status=status,
+            kind=SpanKind.SERVER if direction == "inbound" else SpanKind.CLIENT,
+            status=outcome,
             start_time=start_ns,
-            end_time=start_ns + int(ex.duration * 1e9),
+            end_time=start_ns + int(duration * 1e9),
             instrumentation_scope=self._scope,
         )
         self._processor.on_end(span)

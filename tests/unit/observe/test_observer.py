@@ -20,6 +20,7 @@ from meshproxy.observe.accesslog import AccessLog
 from meshproxy.observe.exchange import Exchange
 from meshproxy.observe.metrics import MULTIPROC_ENV, ProxyMetrics
 from meshproxy.observe.observer import MeshObserver, static_version
+from meshproxy.observe.spanship import SpanShipper
 from meshproxy.observe.tracing import ExchangeTracer
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -168,6 +169,34 @@ def test_upstream_state_is_sampled_from_the_registered_view() -> None:
     assert values(s, "meshproxy_upstream_connections")[0][1] == 3
     assert values(s, "meshproxy_upstream_active_requests")[0][1] == 1
     assert values(s, "meshproxy_outlier_ejections_total")[0][1] == 3
+
+
+@pytest.mark.parametrize(("where", "kind"), [("process", SpanShipper), ("thread", ExchangeTracer)])
+def test_from_bootstrap_exports_spans_where_the_config_says(where: str, kind: type) -> None:
+    boot = Bootstrap.model_validate(
+        {
+            "node": {"id": "reviews-1", "service": "reviews"},
+            "listeners": [{"name": "out", "direction": "outbound", "port": 0}],
+            "observability": {
+                "tracing": {
+                    "exporter": "otlp_http",
+                    "endpoint": "http://127.0.0.1:1/v1/traces",
+                    "export_in": where,
+                }
+            },
+        }
+    )
+    m = ProxyMetrics()
+    observer = MeshObserver.from_bootstrap(boot, m)
+    assert type(observer.tracer) is kind  # nothing started: no child, no thread yet
+    if isinstance(observer.tracer, SpanShipper):
+        observer.tracer.record(exchange())  # no child: the span is dropped and counted
+        assert observer.tracer.dropped == 0  # pending until shipped...
+        observer.tracer.shutdown()
+        assert observer.tracer.dropped == 1
+        assert values(scrape(m), "meshproxy_spans_dropped_total")[0][1] == 1
+    else:
+        observer.tracer.shutdown()  # type: ignore[union-attr]
 
 
 def test_from_bootstrap_declares_services_listeners_and_a_static_version() -> None:
