@@ -62,7 +62,6 @@ from meshproxy.resolve import LocalReply
 
 log = logging.getLogger("meshproxy")
 _rand = random.random
-_raw_request_head = fp.raw_request_head
 
 __all__ = ["BODY", "CLOSED", "IDLE", "TUNNEL", "WAIT", "HttpServer"]
 
@@ -316,13 +315,9 @@ class HttpServer(Forwarder):
         )
         mirror_head: bytes | None = None
         if route.plain:
-            payload = None
-            if raw is not None and authority is None:  # the head as received, ours appended
-                payload = _raw_request_head(head, raw, self.client_ip, rid, extra)
-            if payload is None:  # something in the head must change: rebuilt
-                payload = build_request_head(
-                    head, path, self.client_ip, authority, None, rid, None, extra or None
-                )
+            payload = build_request_head(
+                head, path, self.client_ip, authority, raw, rid, None, extra or None
+            )
         else:
             payload, mirror_head = edited_request_head(
                 head, route, path, self.client_ip, authority, rid, extra
