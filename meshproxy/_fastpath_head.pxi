@@ -2,19 +2,9 @@
 # (included there; twin of ``_fastpath_head_py``, whose docstring is the
 # reference): one scan of the field names and one copy of the bytes.
 
+# The fixed hop-by-hop names (the parser's list) and the ones the proxy sets.
 cdef tuple _RAW_REWRITE = (
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"te",
-    b"trailer",
-    b"transfer-encoding",
-    b"upgrade",
-    b"proxy-authenticate",
-    b"proxy-authorization",
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-request-id",
+    *sorted(_HOP_BY_HOP), b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"
 )
 RAW_REWRITE = frozenset(_RAW_REWRITE)
 cdef bytes _XFF_LINE = b"X-Forwarded-For: "

@@ -26,27 +26,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from meshproxy._fastpath_fields_py import _HOP_BY_HOP
+
 if TYPE_CHECKING:
     from meshproxy._fastpath_py import RequestHead
 
 # Fields that force a rebuild: the fixed hop-by-hop names (RFC 9110 section
-# 7.6.1) and the ones the proxy sets itself.
-RAW_REWRITE = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-request-id",
-    }
-)
+# 7.6.1, the parser's list) and the ones the proxy sets itself.
+RAW_REWRITE = _HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-request-id"}
 _CL = b"content-length"
 # A name whose length matches none of these is skipped without lower-casing.
 _LENGTHS = frozenset(len(name) for name in (*RAW_REWRITE, _CL))
