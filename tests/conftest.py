@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
+
+from tests.twins import compiled_fastpath
 
 
 @pytest.fixture(params=["python", "cython"])
@@ -18,10 +19,5 @@ def fastpath(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
     if request.param == "python":
         yield importlib.import_module("meshproxy._fastpath_py")
         return
-    try:
-        module = importlib.import_module("meshproxy._fastpath")
-    except ImportError as exc:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            pytest.fail(f"the Cython fast path is required but does not import: {exc}")
-        pytest.skip(f"the Cython fast path is not built ({exc})")
+    module = compiled_fastpath()
     yield module

@@ -8,13 +8,13 @@ a message h11 refuses must not be accepted by us either.
 from __future__ import annotations
 
 import importlib
-import os
 from types import ModuleType
 
 import h11
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.twins import compiled_fastpath
 
 settings.register_profile(
     "fastpath",
@@ -225,12 +225,7 @@ def _summary(fp: ModuleType, data: bytes, response: bool) -> object:
 def test_both_implementations_agree_on_any_input(data: bytes, response: bool) -> None:
     """Same verdict, same status, same fields: the twins are one parser."""
     python = importlib.import_module("meshproxy._fastpath_py")
-    try:
-        cython = importlib.import_module("meshproxy._fastpath")
-    except ImportError:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            raise
-        pytest.skip("the Cython fast path is not built")
+    cython = compiled_fastpath()
     if response:
         data = b"HTTP/1.1 200 OK\r\n" + data.partition(b"\r\n")[2]
     assert _summary(python, data, response) == _summary(cython, data, response)

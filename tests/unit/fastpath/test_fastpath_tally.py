@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import bisect
 import importlib
-import os
 import random
 from types import ModuleType
 
 import pytest
 
 from meshproxy.observe.exchange import Exchange
+from tests.twins import compiled_fastpath
 
 DURATIONS = (0.001, 0.01, 0.1)
 SIZES = (64.0, 256.0)
@@ -89,24 +89,14 @@ def test_the_table_stays_bounded_and_loses_no_count(fastpath: ModuleType) -> Non
 
 
 def test_a_miss_that_gives_no_tally_is_a_type_error_in_the_compiled_twin() -> None:
-    try:
-        compiled = importlib.import_module("meshproxy._fastpath")
-    except ImportError:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            raise
-        pytest.skip("the Cython fast path is not built")
+    compiled = compiled_fastpath()
     with pytest.raises(TypeError):
         compiled.ExchangeCounter(lambda raw: None, 4)(exchange("a", 200, 0.1, 1))
 
 
 def test_both_twins_count_alike() -> None:
     python = importlib.import_module("meshproxy._fastpath_py")
-    try:
-        compiled = importlib.import_module("meshproxy._fastpath")
-    except ImportError:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            raise
-        pytest.skip("the Cython fast path is not built")
+    compiled = compiled_fastpath()
     seeded = random.Random(1)
     durations = tuple(sorted({seeded.uniform(0, 1) for _ in range(14)}))
     sizes = tuple(float(4**i) for i in range(3, 13))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import re
@@ -13,6 +12,7 @@ import pytest
 
 from meshproxy import _fastpath_trace_py as twin
 from meshproxy.observe.propagation import parse_traceparent
+from tests.twins import compiled_fastpath
 
 POOL = twin.POOL
 ALWAYS, NEVER = 1 << 64, 0
@@ -68,12 +68,7 @@ def test_all_zero_ids_are_skipped(fastpath: ModuleType) -> None:
 
 
 def test_the_compiled_module_gives_the_python_twins_values() -> None:
-    try:
-        compiled = importlib.import_module("meshproxy._fastpath")
-    except ImportError:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            raise
-        pytest.skip("the Cython fast path is not built")
+    compiled = compiled_fastpath()
     a, b = compiled.TraceIds(seeded(3)), twin.TraceIds(seeded(3))
     bound = twin.ratio_bound(0.3)
     assert [a.traceparent(bound) for _ in range(400)] == [b.traceparent(bound) for _ in range(400)]
@@ -169,12 +164,7 @@ def test_trace_start_hands_a_request_carrying_trace_context_on(
 
 
 def test_trace_start_twins_agree() -> None:
-    try:
-        compiled = importlib.import_module("meshproxy._fastpath")
-    except ImportError:
-        if os.environ.get("MESHPROXY_REQUIRE_EXTENSION") == "1":
-            raise
-        pytest.skip("the Cython fast path is not built")
+    compiled = compiled_fastpath()
     bound = twin.ratio_bound(0.5)
     a, b = _start(compiled, bound, False), _start(twin, bound, False)
     for i in range(200):
